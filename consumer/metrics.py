@@ -1,0 +1,172 @@
+"""Every Prometheus metric the service exports, on an injected registry.
+
+Metrics observe; they never decide. Lag is computed at scrape time from the
+last committed block, so it keeps rising while the service is stuck instead of
+freezing at its last good value (the classic silent stall of block indexers).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["PREFIX", "Metrics"]
+
+PREFIX = "core_plays_"
+
+_COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    """Owns every metric object and name; components call its observe methods."""
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self._clock = clock
+        self._head = math.nan
+        self._processed = math.nan
+        self._block_time = math.nan
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(PREFIX + name, doc, labels, registry=registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(PREFIX + name, doc, labels, registry=registry)
+
+        self.chain_head_height = gauge("chain_head_height", "Latest block height the node reports.")
+        self.chain_head_height.set_function(lambda: self._head)
+        self.processed_height = gauge(
+            "processed_height", "Height of the last block committed to PostgreSQL."
+        )
+        self.processed_height.set_function(lambda: self._processed)
+        self.lag_blocks = gauge("lag_blocks", "Chain head minus processed height.")
+        self.lag_blocks.set_function(self._lag_blocks)
+        self.lag_seconds = gauge(
+            "lag_seconds",
+            "Wall clock minus the block time of the last committed block (computed at scrape).",
+        )
+        self.lag_seconds.set_function(self._lag_seconds)
+        self.last_commit_timestamp_seconds = gauge(
+            "last_commit_timestamp_seconds", "Unix time of the last successful commit."
+        )
+        self.is_leader = gauge("is_leader", "1 while this process holds the writer lock.")
+        self.build_info = gauge(
+            "build_info",
+            "Always 1; labels describe the build and the chain.",
+            ("version", "chain_id", "source_mode"),
+        )
+        self.blocks_total = counter("blocks_total", "Blocks committed.")
+        self.transactions_total = counter(
+            "transactions_total", "Transactions seen in committed blocks, by type.", ("type",)
+        )
+        self.plays_written_total = counter("plays_written_total", "Rows inserted into plays.")
+        self.plays_skipped_total = counter(
+            "plays_skipped_total", "Plays not written, by reason.", ("reason",)
+        )
+        self.plays_repaired_total = counter(
+            "plays_repaired_total",
+            "Plays written with a substituted value (the listen is kept), by reason.",
+            ("reason",),
+        )
+        self.quarantined_total = counter(
+            "quarantined_total",
+            "Undecodable transactions or whole blocks stored in core_plays.quarantine.",
+            ("kind",),
+        )
+        self.duplicate_transactions_total = counter(
+            "duplicate_transactions_total",
+            "Play transactions already in the ledger (replays, overlaps), not written again.",
+        )
+        self.source_errors_total = counter(
+            "source_errors_total", "Errors talking to the Core node, by gRPC code.", ("code",)
+        )
+        self.reconnects_total = counter(
+            "reconnects_total", "Reconnections, by target (node, database).", ("target",)
+        )
+        self.db_errors_total = counter("db_errors_total", "Database errors (batch rolled back).")
+        self.batch_commit_seconds = Histogram(
+            PREFIX + "batch_commit_seconds",
+            "Time to write and commit one batch.",
+            buckets=_COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self.block_fetch_seconds = Histogram(
+            PREFIX + "block_fetch_seconds",
+            "Time waiting for the node per block (stream message or GetBlocks window share).",
+            buckets=_FETCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_blocks = Histogram(
+            PREFIX + "batch_blocks",
+            "Blocks per committed batch.",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=registry,
+        )
+
+    def _lag_blocks(self) -> float:
+        # NaN (unknown) rather than 0 until both ends are known: a zero would
+        # read as "caught up" on a dashboard.
+        if not self._known(self._head, self._processed):
+            return math.nan
+        return max(0.0, self._head - self._processed)
+
+    def _lag_seconds(self) -> float:
+        if not self._known(self._block_time):
+            return math.nan
+        return max(0.0, self._clock() - self._block_time)
+
+    @staticmethod
+    def _known(*values: float) -> bool:
+        return not any(math.isnan(v) for v in values)
+
+    def set_build(self, version: str, chain_id: str, source_mode: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(version, chain_id, source_mode).set(1)
+
+    def set_head(self, height: int) -> None:
+        # A lagging replica behind a load balancer may report an older head:
+        # keep the highest seen so that lag does not dip spuriously.
+        if math.isnan(self._head) or height > self._head:
+            self._head = float(height)
+
+    def set_position(self, height: int, block_time: datetime | None) -> None:
+        """Where the committed rows stand (at start from the checkpoint, then per commit)."""
+        self._processed = float(height)
+        if block_time is not None:
+            self._block_time = block_time.replace(tzinfo=UTC).timestamp()
+        self.set_head(height)
+
+    def observe_commit(
+        self,
+        *,
+        blocks: int,
+        height: int,
+        block_time: datetime | None,
+        plays_written: int,
+        duplicates: int,
+        tx_types: Mapping[str, int],
+        skipped: Mapping[str, int],
+        repaired: Mapping[str, int],
+        quarantined: Mapping[str, int],
+        seconds: float,
+    ) -> None:
+        self.set_position(height, block_time)
+        self.last_commit_timestamp_seconds.set(self._clock())
+        self.blocks_total.inc(blocks)
+        self.batch_blocks.observe(blocks)
+        self.plays_written_total.inc(plays_written)
+        self.duplicate_transactions_total.inc(duplicates)
+        self.batch_commit_seconds.observe(seconds)
+        for kind, n in tx_types.items():
+            self.transactions_total.labels(kind).inc(n)
+        for reason, n in skipped.items():
+            self.plays_skipped_total.labels(reason).inc(n)
+        for reason, n in repaired.items():
+            self.plays_repaired_total.labels(reason).inc(n)
+        for kind, n in quarantined.items():
+            self.quarantined_total.labels(kind).inc(n)

@@ -1,0 +1,141 @@
+"""The values that flow source -> decode -> sink.
+
+Everything here is immutable so that a block can sit in a queue, be retried or
+be written twice without anyone changing it underneath. `PlayRow` is a
+NamedTuple rather than a dataclass because one is built per play on the hot
+path: a tuple is several times cheaper to create, and it is exactly the row
+shape the sink sends to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import NamedTuple
+
+__all__ = [
+    "Block",
+    "Checkpoint",
+    "DecodedBlock",
+    "DecodedTx",
+    "PlayRow",
+    "Quarantined",
+    "RawTx",
+    "RepairReason",
+    "SkipReason",
+]
+
+
+class SkipReason(StrEnum):
+    """Why a play was not written. The values are the `reason` label values."""
+
+    TRACK_ID_NOT_INTEGER = "track_id_not_integer"
+    TRACK_ID_OUT_OF_RANGE = "track_id_out_of_range"
+    # No usable timestamp on the play and none on its block either.
+    NO_TIMESTAMP = "no_timestamp"
+
+
+class RepairReason(StrEnum):
+    """Why a play was written with a substituted value (the listen is kept)."""
+
+    USER_ID_OUT_OF_RANGE = "user_id_out_of_range"
+    TIMESTAMP_MISSING = "timestamp_missing"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    NUL_REMOVED = "nul_removed"
+
+
+@dataclass(frozen=True, slots=True)
+class RawTx:
+    """One transaction as the node sent it: its hash and its SignedTransaction bytes."""
+
+    hash: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A finalized block whose envelope was read but whose transactions were not.
+
+    `error` is set (and `raw` holds the bytes) when the envelope itself could
+    not be parsed; such a block is quarantined whole and the chain moves on.
+    The timestamp is kept as the wire's seconds and nanos so that decode alone
+    applies the conversion rules.
+    """
+
+    height: int
+    hash: str
+    chain_id: str
+    time_s: int
+    time_ns: int
+    txs: tuple[RawTx, ...]
+    raw: bytes = b""
+    error: str = ""
+
+
+class PlayRow(NamedTuple):
+    """One row for `plays`; `slot` is the block height, added by the sink."""
+
+    user_id: int | None
+    play_item_id: int
+    created_at: datetime
+    signature: str
+    city: str
+    region: str
+    country: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedTx:
+    """A play transaction: the ledger row it becomes and the plays it carries."""
+
+    tx_index: int
+    tx_hash: str
+    plays: tuple[PlayRow, ...]
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """Bytes that could not be decoded, kept for inspection and replay.
+
+    `tx_index` is -1 when the whole block envelope was unreadable.
+    """
+
+    tx_index: int
+    tx_hash: str
+    data: bytes
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBlock:
+    """Everything decode learned from one block; all the sink needs to write it."""
+
+    height: int
+    hash: str
+    chain_id: str
+    time: datetime | None
+    txs: tuple[DecodedTx, ...]
+    quarantined: tuple[Quarantined, ...] = ()
+    tx_types: Mapping[str, int] = field(default_factory=dict)
+    skipped: Mapping[SkipReason, int] = field(default_factory=dict)
+    repaired: Mapping[RepairReason, int] = field(default_factory=dict)
+
+    @property
+    def play_count(self) -> int:
+        return sum(len(tx.plays) for tx in self.txs)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a (chain, stream) has been written, committed with its rows."""
+
+    chain_id: str
+    stream: str
+    start_height: int
+    height: int
+    block_hash: str
+    block_time: datetime | None
+    updated_at: datetime
