@@ -16,6 +16,7 @@ __all__ = [
     "LeaseLost",
     "SchemaMismatch",
     "SinkUnavailable",
+    "SourceFailed",
     "SourceUnavailable",
 ]
 
@@ -33,6 +34,10 @@ class SourceUnavailable(ConsumerError):
     def __init__(self, message: str, code: str = "UNKNOWN") -> None:
         super().__init__(message)
         self.code = code
+
+
+class SourceFailed(ConsumerError):
+    """The node refused a request in a way waiting will not fix (a bug or a misconfiguration)."""
 
 
 class SinkUnavailable(ConsumerError):

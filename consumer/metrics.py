@@ -50,7 +50,7 @@ class Metrics:
             "lag_seconds",
             "Wall clock minus the block time of the last committed block (computed at scrape).",
         )
-        self.lag_seconds.set_function(self._lag_seconds)
+        self.lag_seconds.set_function(self.lag_seconds_value)
         self.last_commit_timestamp_seconds = gauge(
             "last_commit_timestamp_seconds", "Unix time of the last successful commit."
         )
@@ -115,7 +115,7 @@ class Metrics:
             return math.nan
         return max(0.0, self._head - self._processed)
 
-    def _lag_seconds(self) -> float:
+    def lag_seconds_value(self) -> float:
         if not self._known(self._block_time):
             return math.nan
         return max(0.0, self._clock() - self._block_time)

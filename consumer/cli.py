@@ -1,0 +1,209 @@
+"""`plays-consumer`: argparse -> Settings -> asyncio.run -> exit code.
+
+Errors the operator must act on print one line and exit 2 (a traceback only
+with --debug); a clean stop (SIGTERM, SIGINT, --to-height reached) exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from consumer import __version__
+from consumer.config import Settings, add_options
+from consumer.errors import ConfigError, ConsumerError
+from consumer.http import HttpServer
+from consumer.logs import setup_logging
+from consumer.metrics import Metrics
+from consumer.runner import Runner
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("consumer")
+
+_ALL = ("source", "sink", "batch", "http", "")
+_LOGGING = ("log-format", "log-level", "debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plays-consumer",
+        description="Follow the OpenAudio Core chain and write its plays into PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="follow the chain into plays (forever, or to --to-height)")
+    add_options(run, _ALL)
+
+    migrate = sub.add_parser("migrate", help="apply schema migrations and exit")
+    add_options(migrate, ("database-url", "database-password-file", "connect-timeout-s", *_LOGGING))
+
+    status = sub.add_parser("status", help="checkpoint, node head and lag (exit 1 if lagging)")
+    add_options(
+        status,
+        (
+            "core-url",
+            "rpc-timeout-s",
+            "connect-timeout-s",
+            "max-message-bytes",
+            "database-url",
+            "database-password-file",
+            "stream",
+            "ready-max-lag-s",
+            *_LOGGING,
+        ),
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
+    _add_devnet_options(devnet)
+    devnet.add_argument("--listen", default="127.0.0.1:50051", help="host:port to serve on")
+    devnet.add_argument(
+        "--max-height", type=int, default=None, help="stop producing blocks at this height"
+    )
+    add_options(devnet, _LOGGING)
+
+    demo = sub.add_parser("demo", help="embedded PostgreSQL + devnet + run, with progress")
+    _add_devnet_options(demo, height=1000, interval=0.02)
+    demo.add_argument("--blocks", type=int, default=2000, help="stop after this many blocks")
+    add_options(demo, _LOGGING)
+    return parser
+
+
+def _add_devnet_options(
+    parser: argparse.ArgumentParser, height: int = 100, interval: float = 1.0
+) -> None:
+    from consumer.devnet import Profile
+
+    parser.add_argument("--seed", type=int, default=1, help="chain seed (same seed, same chain)")
+    parser.add_argument("--chain-id", default="devnet-1")
+    parser.add_argument("--profile", choices=[p.value for p in Profile], default="typical")
+    parser.add_argument("--height", type=int, default=height, help="blocks that exist at start")
+    parser.add_argument(
+        "--block-interval-s",
+        type=float,
+        default=interval,
+        help="a new block every this many seconds (0: none)",
+    )
+    parser.add_argument(
+        "--stream-unimplemented",
+        action="store_true",
+        help="answer StreamBlocks with UNIMPLEMENTED, like an older node",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("CORE_PLAYS_DEBUG") == "1"
+    try:
+        return _dispatch(args)
+    except ConsumerError as exc:
+        if debug:
+            log.exception("fatal")
+        print(f"plays-consumer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command in ("devnet", "demo"):
+        setup_logging(args.log_format or "text", args.log_level or "info")
+        if command == "devnet":
+            from consumer.devnet.main import serve_devnet
+
+            asyncio.run(serve_devnet(args))
+            return 0
+        from consumer.demo import run_demo
+
+        return asyncio.run(run_demo(args))
+    settings = Settings.from_args(args, os.environ)
+    setup_logging(settings.log_format, settings.log_level)
+    if command == "migrate":
+        from consumer.admin import migrate_command
+
+        asyncio.run(migrate_command(settings))
+        return 0
+    if command == "status":
+        from consumer.admin import status_command
+
+        report, ok = asyncio.run(status_command(settings))
+        _print_status(report, as_json=args.json)
+        return 0 if ok else 1
+    asyncio.run(run_command(settings))
+    return 0
+
+
+async def run_command(settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    """The service: metrics endpoint plus the runner, until done or signalled."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    log.info("starting core-plays-consumer %s: %s", __version__, _effective(settings))
+    runner = Runner(settings, metrics, stop)
+    host, port = settings.http.host_port
+    server = HttpServer(host, port, registry, runner.readiness)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigError(f"--metrics-addr {settings.http.metrics_addr}: {exc.strerror}") from None
+    try:
+        await runner.run()
+    finally:
+        await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped cleanly")
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("%s received: finishing the open batch, then stopping", sig.name)
+    stop.set()
+
+
+def _effective(settings: Settings) -> str:
+    """The configuration in one line, without secrets (SinkSettings' repr redacts)."""
+    return (
+        f"core_url={settings.source.core_url} mode={settings.source.mode} "
+        f"sink={settings.sink!r} from_height={settings.from_height} "
+        f"to_height={settings.to_height} batch={settings.batch} "
+        f"metrics_addr={settings.http.metrics_addr}"
+    )
+
+
+def _print_status(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, default=_json_default, indent=2))
+        return
+    for key, value in report.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=value.tzinfo or UTC).isoformat()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Wires source -> decode -> sink with a bounded queue, and owns retries and stop.
+
+Shape: a producer task reads blocks from the node and decodes them into a
+bounded queue (the bound is the back-pressure); the consumer takes whatever
+the queue holds, up to the batch limits, and commits it with its checkpoint.
+While the node is ahead the queue fills during each commit, so batches grow
+by themselves; at the tip the queue holds one block at a time, so each block
+commits on its own as soon as it arrives. No timer, no setting for the switch.
+
+Retries: the source reconnects to the node itself; a lost database session
+ends the writing session (the lease goes with it), and the runner competes
+for the lease again, re-reads the checkpoint and resumes. Errors that waiting
+cannot fix propagate and stop the process with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from consumer import __version__
+from consumer.backoff import Backoff
+from consumer.config import Settings
+from consumer.decode import decode_block
+from consumer.errors import (
+    ChainMismatch,
+    CheckpointMissing,
+    ConfigError,
+    ConsumerError,
+    SinkUnavailable,
+    SourceFailed,
+    SourceUnavailable,
+)
+from consumer.lease import Lease
+from consumer.metrics import Metrics
+from consumer.migrate import apply_migrations, check_plays_schema
+from consumer.model import Checkpoint, DecodedBlock
+from consumer.sink import BatchResult, PlaysSink, read_checkpoint
+from consumer.source import CoreClient, CoreSource, NodeInfo
+
+__all__ = ["Runner", "connect_database", "first_error"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_STOP = object()
+# Messages from libpq that no amount of waiting fixes.
+_PERMANENT_DB_ERRORS = (
+    "password authentication failed",
+    "does not exist",
+    "no password",
+    "pg_hba.conf",
+    "SSL",
+    "invalid",
+)
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error in a TaskGroup's group (cancellations are consequences)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+async def connect_database(
+    conninfo: str, safe_url: str, timeout_s: float, stop: asyncio.Event | None = None
+) -> psycopg.AsyncConnection[TupleRow]:
+    """Connect, retrying a database that is not up yet; refuse at once what will not heal."""
+    deadline = time.monotonic() + timeout_s
+    backoff = Backoff(initial_s=0.2, cap_s=2.0)
+    while True:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                conninfo,
+                autocommit=True,
+                connect_timeout=max(1, int(timeout_s)),
+                application_name="core-plays-consumer",
+            )
+        except psycopg.OperationalError as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            permanent = any(p in text for p in _PERMANENT_DB_ERRORS)
+            if permanent or time.monotonic() >= deadline or (stop and stop.is_set()):
+                raise ConfigError(
+                    f"cannot use PostgreSQL at {safe_url}: {text} "
+                    f"(tried for {timeout_s:g} s; check --database-url and the password)"
+                ) from None
+            await asyncio.sleep(backoff.next_delay())
+
+
+class Runner:
+    """One consumer process: first contact, then writing sessions until done or stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        stop: asyncio.Event,
+        decode: Callable[..., DecodedBlock] = decode_block,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.stop = stop
+        self._decode = decode
+        self.chain_id = ""
+        self.role = "starting"
+        self.db_ok = False
+        self._resume_at: int | None = None
+        self._backoff = Backoff(cap_s=settings.source.retry_cap_s)
+
+    # --- readiness ----------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: database reachable, and either a standby or a leader within lag."""
+        if not self.db_ok:
+            return False, "database unreachable"
+        if self.role == "standby":
+            return True, "standby: another instance holds the writer lock"
+        if self.role != "leader":
+            return False, self.role
+        lag = self.metrics.lag_seconds_value()
+        limit = self.settings.http.ready_max_lag_s
+        if math.isnan(lag) or lag > limit:  # NaN: nothing committed or loaded yet
+            return False, f"lag {lag:.1f} s over {limit:g} s"
+        return True, f"leader, lag {lag:.1f} s"
+
+    # --- the process --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Return when --to-height is reached or stop is set; raise on a fatal error."""
+        settings = self.settings
+        client = CoreClient(settings.source)
+        try:
+            info = await self._first_contact(client)
+            if info is None:
+                return
+            self.chain_id = info.chain_id
+            self.metrics.set_head(info.head)
+            log.info("node %s is on chain %s at height %d", client.url, info.chain_id, info.head)
+            await self._prepare_database()
+            source = CoreSource(client, settings.source, self.metrics, on_mode=self._on_source_mode)
+            self._on_source_mode(settings.source.mode)
+            while not self.stop.is_set():
+                if await self._session(client, source):
+                    return
+        finally:
+            await client.close()
+
+    def _on_source_mode(self, mode: str) -> None:
+        self.metrics.set_build(__version__, self.chain_id, mode)
+
+    async def _first_contact(self, client: CoreClient) -> NodeInfo | None:
+        timeout_s = self.settings.source.connect_timeout_s
+        deadline = time.monotonic() + timeout_s
+        backoff = Backoff(initial_s=0.2, cap_s=2.0)
+        while not self.stop.is_set():
+            try:
+                return await client.node_info()
+            except SourceUnavailable as exc:
+                self.metrics.source_errors_total.labels(exc.code).inc()
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"cannot reach the Core node at {client.url}: GetNodeInfo failed for "
+                        f"{timeout_s:g} s, last: {exc} (check --core-url, http vs https)"
+                    ) from None
+                await self._sleep(backoff.next_delay())
+            except SourceFailed as exc:
+                raise ConfigError(
+                    f"the Core node at {client.url} refused GetNodeInfo: {exc}"
+                ) from None
+        return None
+
+    async def _prepare_database(self) -> None:
+        sink = self.settings.sink
+        conn = await connect_database(
+            sink.conninfo, sink.safe_url, sink.connect_timeout_s, self.stop
+        )
+        try:
+            await apply_migrations(conn)
+            await check_plays_schema(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ConfigError(
+                f"the database user cannot create the core_plays schema at {sink.safe_url}: "
+                f"{exc.diag.message_primary}; grant CREATE on the database or run "
+                "`plays-consumer migrate` as its owner"
+            ) from None
+        finally:
+            await conn.close()
+        self.db_ok = True
+
+    async def _session(self, client: CoreClient, source: CoreSource) -> bool:
+        """Hold the lease and write until done (True), stopped (True) or a retryable loss."""
+        sink_settings = self.settings.sink
+        lease = Lease(
+            sink_settings.conninfo,
+            self.chain_id,
+            sink_settings.stream,
+            sink_settings.lease_retry_s,
+            on_change=self._on_lease,
+        )
+        try:
+            self.role = "standby" if self.role == "leader" else self.role
+            conn = await lease.acquire(self.stop)
+            if conn is None:
+                return True
+            self.db_ok = True
+            checkpoint = await read_checkpoint(conn, self.chain_id, sink_settings.stream)
+            start = await self._start_height(conn, checkpoint, client)
+            end = self.settings.to_height
+            if end is not None and start > end:
+                log.info("nothing to do: start height %d is past --to-height %d", start, end)
+                return True
+            log.info(
+                "writing chain %s stream %s from height %d%s",
+                self.chain_id,
+                sink_settings.stream,
+                start,
+                f" to {end}" if end else "",
+            )
+            sink = PlaysSink(
+                conn,
+                self.chain_id,
+                sink_settings.stream,
+                start,
+                rewind=sink_settings.rewind_checkpoint,
+            )
+            done = await self._pipeline(source, sink, lease, start, end)
+            self._backoff.reset()
+            return done
+        except SinkUnavailable as exc:
+            self.db_ok = False
+            self.metrics.db_errors_total.inc()
+            self.metrics.reconnects_total.labels("database").inc()
+            delay = self._backoff.next_delay()
+            log.warning(
+                "database lost (%s); competing for the writer lock again in %.1f s", exc, delay
+            )
+            await self._sleep(delay)
+            return False
+        finally:
+            await lease.release()
+
+    def _on_lease(self, held: bool) -> None:
+        self.metrics.is_leader.set(1 if held else 0)
+        self.role = "leader" if held else "standby"
+
+    async def _start_height(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        checkpoint: Checkpoint | None,
+        client: CoreClient,
+    ) -> int:
+        settings = self.settings
+        stream = settings.sink.stream
+        if checkpoint is not None:
+            self.metrics.set_position(checkpoint.height, checkpoint.block_time)
+            await self._verify_checkpoint(checkpoint, client)
+            log.info(
+                "checkpoint loaded: chain %s stream %s at height %d (%s)",
+                checkpoint.chain_id,
+                stream,
+                checkpoint.height,
+                checkpoint.block_hash,
+            )
+        if self._resume_at is not None:
+            return self._resume_at
+        if settings.from_height is not None:
+            return settings.from_height
+        if checkpoint is not None:
+            return checkpoint.height + 1
+        try:
+            cur = await conn.execute(
+                "SELECT DISTINCT chain_id FROM core_plays.checkpoint WHERE stream = %s",
+                (stream,),
+            )
+            others = [row[0] for row in await cur.fetchall()]
+        except psycopg.OperationalError as exc:
+            raise SinkUnavailable(f"reading checkpoints: {exc}") from exc
+        if others:
+            raise ChainMismatch(
+                f"the node at {client.url} is on chain {self.chain_id}, but this database's "
+                f"'{stream}' checkpoint is for chain {', '.join(sorted(others))}; a new chain "
+                "needs an explicit --from-height (its first blocks may re-write history "
+                "already in plays)"
+            )
+        raise CheckpointMissing(
+            f"no checkpoint for chain {self.chain_id} stream '{stream}' in "
+            f"{settings.sink.safe_url}: start with --from-height N"
+        )
+
+    async def _verify_checkpoint(self, checkpoint: Checkpoint, client: CoreClient) -> None:
+        """The node must hold the very block the checkpoint was written from."""
+        while True:
+            block = await self._retry(lambda: client.block(checkpoint.height))
+            if block is not None:
+                break
+            log.warning(
+                "node %s has not reached checkpoint height %d yet; waiting",
+                client.url,
+                checkpoint.height,
+            )
+            await self._sleep(self._backoff.next_delay())
+            if self.stop.is_set():
+                return
+        if block.hash != checkpoint.block_hash:
+            raise ChainMismatch(
+                f"checkpoint for chain {checkpoint.chain_id} is at height {checkpoint.height} "
+                f"with block hash {checkpoint.block_hash}, but the node at {client.url} has "
+                f"{block.hash or '(unreadable block)'} there: a different chain or a restored "
+                "node; nothing was written"
+            )
+
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        backoff = Backoff(cap_s=self.settings.source.retry_cap_s)
+        while True:
+            try:
+                return await call()
+            except SourceUnavailable as exc:
+                self.metrics.source_errors_total.labels(exc.code).inc()
+                delay = backoff.next_delay()
+                log.warning("%s; retrying in %.2f s", exc, delay)
+                await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+
+    # --- the pipeline -------------------------------------------------------
+
+    async def _pipeline(
+        self, source: CoreSource, sink: PlaysSink, lease: Lease, start: int, end: int | None
+    ) -> bool:
+        queue: asyncio.Queue[DecodedBlock | None] = asyncio.Queue(self.settings.batch.queue_blocks)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                producer = tg.create_task(self._produce(source, queue, start, end))
+                watcher = tg.create_task(self._watch(source, lease))
+                try:
+                    return await self._consume(queue, sink)
+                finally:
+                    producer.cancel()
+                    watcher.cancel()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def _produce(
+        self,
+        source: CoreSource,
+        queue: asyncio.Queue[DecodedBlock | None],
+        start: int,
+        end: int | None,
+    ) -> None:
+        decode = self._decode
+        async for block in source.blocks(start, end):
+            await queue.put(decode(block))
+        await queue.put(None)
+
+    async def _watch(self, source: CoreSource, lease: Lease) -> None:
+        """Keep the head fresh for lag, and notice a lost lease while idle at the tip."""
+        while True:
+            await asyncio.sleep(self.settings.source.head_refresh_s)
+            try:
+                await source.head()
+            except SourceUnavailable as exc:
+                self.metrics.source_errors_total.labels(exc.code).inc()
+            await lease.check()
+
+    async def _consume(self, queue: asyncio.Queue[DecodedBlock | None], sink: PlaysSink) -> bool:
+        batch_settings = self.settings.batch
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
+        try:
+            while True:
+                if queue.empty():
+                    first = await self._next_or_stop(queue, stopper)
+                    if first is _STOP:
+                        return True
+                else:
+                    first = queue.get_nowait()
+                if first is None:
+                    return True
+                assert isinstance(first, DecodedBlock)
+                batch = [first]
+                plays = first.play_count
+                finished = False
+                while (
+                    len(batch) < batch_settings.max_blocks
+                    and plays < batch_settings.max_plays
+                    and not queue.empty()
+                ):
+                    item = queue.get_nowait()
+                    if item is None:
+                        finished = True
+                        break
+                    batch.append(item)
+                    plays += item.play_count
+                result = await sink.write(batch)
+                self._resume_at = result.height + 1
+                self._observe(result)
+                if finished or self.stop.is_set():
+                    return True
+        finally:
+            stopper.cancel()
+
+    @staticmethod
+    async def _next_or_stop(
+        queue: asyncio.Queue[DecodedBlock | None], stopper: asyncio.Future[Any]
+    ) -> object:
+        getter: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        return _STOP
+
+    def _observe(self, result: BatchResult) -> None:
+        self.metrics.observe_commit(
+            blocks=result.blocks,
+            height=result.height,
+            block_time=result.block_time,
+            plays_written=result.plays_written,
+            duplicates=result.duplicates,
+            tx_types=result.tx_types,
+            skipped=result.skipped,
+            repaired=result.repaired,
+            quarantined=result.quarantined,
+            seconds=result.seconds,
+        )
+        if result.quarantined:
+            # A whole unreadable block is an incident (the alert rules page for it);
+            # a single malformed transaction is data nobody validated.
+            level = logging.ERROR if result.quarantined.get("block") else logging.WARNING
+            log.log(
+                level,
+                "quarantined undecodable data in blocks up to %d: %s (see core_plays.quarantine)",
+                result.height,
+                dict(result.quarantined),
+            )
+        log.debug(
+            "committed %d blocks to height %d: %d plays, %d duplicate txs, %.1f ms",
+            result.blocks,
+            result.height,
+            result.plays_written,
+            result.duplicates,
+            result.seconds * 1000,
+        )
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, ConsumerError) else 1

@@ -1,0 +1,379 @@
+"""Finalized Core blocks, in height order, with no gap and no repeat.
+
+The only module that speaks gRPC. Replies are read through the wire-compatible
+view messages (proto/core/v1/view.proto): the block envelope here, each
+transaction later in decode, so one undecodable transaction or block never
+wedges the chain. gRPC errors are translated to ours at this boundary, and the
+source itself reconnects from the next height with backoff: the runner only
+ever sees blocks, or an error that waiting will not fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc import aio
+
+from consumer._pb.core.v1 import types_pb2, view_pb2
+from consumer.backoff import Backoff
+from consumer.config import SourceSettings
+from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
+from consumer.metrics import Metrics
+from consumer.model import Block, RawTx
+
+__all__ = [
+    "BlockSource",
+    "CoreClient",
+    "CoreSource",
+    "NodeInfo",
+    "parse_block",
+    "parse_core_url",
+]
+
+log = logging.getLogger(__name__)
+
+_SERVICE = "/core.v1.CoreService/"
+MAX_WINDOW = 500  # GetBlocks refuses more heights per call
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+Req = TypeVar("Req")
+
+
+class BlockSource(Protocol):
+    def blocks(self, start: int, end: int | None) -> AsyncIterator[Block]: ...
+
+    async def head(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    chain_id: str
+    head: int
+
+
+class _Unimplemented(Exception):
+    """StreamBlocks is not served: an older node, to be polled instead."""
+
+
+def parse_core_url(url: str) -> tuple[str, bool]:
+    """`http://host:port` or `host:port` is plaintext HTTP/2, `https://host[:port]` is TLS."""
+    raw = url if "://" in url else f"http://{url}"
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--core-url {url!r}: expected http://host:port, host:port or https://host[:port]"
+        )
+    tls = parts.scheme == "https"
+    try:
+        port = parts.port or (443 if tls else 50051)
+    except ValueError as exc:
+        raise ConfigError(f"--core-url {url!r}: {exc}") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", tls
+
+
+def parse_block(raw: bytes, expected_height: int) -> Block:
+    """Read a block's envelope; an unreadable one becomes a Block carrying the error."""
+    try:
+        view = view_pb2.BlockView.FromString(raw)
+    except DecodeError as exc:
+        return Block(expected_height, "", "", 0, 0, (), raw=raw, error=f"block envelope: {exc}")
+    ts = view.timestamp
+    txs = tuple(RawTx(tx.hash, tx.transaction) for tx in view.transactions)
+    return Block(view.height, view.hash, view.chain_id, ts.seconds, ts.nanos, txs)
+
+
+class CoreClient:
+    """One channel to one node: every unary call has a deadline, every error is ours."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+        self.url = settings.core_url
+        target, tls = parse_core_url(settings.core_url)
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.enable_retries", 0),
+        ]
+        if tls:
+            self._channel = aio.secure_channel(target, grpc.ssl_channel_credentials(), options)
+        else:
+            self._channel = aio.insecure_channel(target, options)
+        ser = _serialize
+        ch = self._channel
+        self._node_info = ch.unary_unary(
+            _SERVICE + "GetNodeInfo", ser, types_pb2.GetNodeInfoResponse.FromString
+        )
+        self._status = ch.unary_unary(
+            _SERVICE + "GetStatus", ser, types_pb2.GetStatusResponse.FromString
+        )
+        self._get_block = ch.unary_unary(
+            _SERVICE + "GetBlock", ser, view_pb2.GetBlockResponseView.FromString
+        )
+        self._get_blocks = ch.unary_unary(_SERVICE + "GetBlocks", ser, _identity)
+        self._stream = ch.unary_stream(_SERVICE + "StreamBlocks", ser, _identity)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    def _error(self, exc: aio.AioRpcError, call: str) -> Exception:
+        code = exc.code()
+        detail = exc.details() or ""
+        where = f"{call} on {self.url}"
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            return _Unimplemented(f"{where}: {detail}")
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
+            return ConfigError(
+                f"{where}: a reply exceeds the receive limit ({detail}); "
+                "raise --max-message-bytes (CORE_PLAYS_MAX_MESSAGE_BYTES)"
+            )
+        message = f"{where}: {code.name} {detail}".rstrip()
+        if code in _RETRYABLE:
+            return SourceUnavailable(message, code.name)
+        return SourceFailed(message)
+
+    async def _unary(self, call: str, fn: Any, request: Any) -> Any:
+        try:
+            return await fn(request, timeout=self.settings.rpc_timeout_s)
+        except aio.AioRpcError as exc:
+            raise self._error(exc, call) from exc
+
+    async def node_info(self) -> NodeInfo:
+        reply = await self._unary("GetNodeInfo", self._node_info, types_pb2.GetNodeInfoRequest())
+        return NodeInfo(reply.chainid, reply.current_height)
+
+    async def head(self) -> int:
+        """The node's current height; GetStatus first, GetNodeInfo on nodes without it."""
+        try:
+            reply = await self._unary("GetStatus", self._status, types_pb2.GetStatusRequest())
+            return int(reply.chain_info.current_height)
+        except _Unimplemented:
+            return (await self.node_info()).head
+
+    async def block(self, height: int) -> Block | None:
+        """One block (transactions in the node's sorted order), None if not produced yet."""
+        reply = await self._unary(
+            f"GetBlock({height})", self._get_block, types_pb2.GetBlockRequest(height=height)
+        )
+        block = parse_block(reply.block, height)
+        if block.error == "" and block.height == -1:
+            return None
+        return block
+
+    async def blocks_raw(self, heights: list[int]) -> tuple[dict[int, bytes], int]:
+        """Raw block bytes by height (absent heights are not produced yet) and the head."""
+        raw = await self._unary(
+            f"GetBlocks({heights[0]}..{heights[-1]})",
+            self._get_blocks,
+            types_pb2.GetBlocksRequest(height=heights),
+        )
+        try:
+            reply = view_pb2.GetBlocksResponseView.FromString(raw)
+        except DecodeError as exc:
+            raise SourceUnavailable(
+                f"GetBlocks on {self.url}: unreadable reply: {exc}", "MALFORMED_REPLY"
+            ) from exc
+        return dict(reply.blocks), reply.current_height
+
+    async def stream_raw(self, start: int) -> AsyncIterator[bytes]:
+        """Raw block bytes from StreamBlocks(canon=true, start_height=start)."""
+        call = self._stream(types_pb2.StreamBlocksRequest(canon=True, start_height=start))
+        try:
+            async for raw in call:
+                yield view_pb2.StreamBlocksResponseView.FromString(raw).block
+        except aio.AioRpcError as exc:
+            raise self._error(exc, f"StreamBlocks({start})") from exc
+        except DecodeError as exc:
+            raise SourceUnavailable(
+                f"StreamBlocks on {self.url}: unreadable message: {exc}", "MALFORMED_REPLY"
+            ) from exc
+        finally:
+            call.cancel()
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+class CoreSource:
+    """Streams when it can, polls GetBlocks windows when it must or when far behind.
+
+    Mode `auto` catches up with GetBlocks windows (one call carries up to 500
+    blocks, several in flight) and switches to the canonical stream near the
+    tip; `stream` and `poll` force one path. A node answering UNIMPLEMENTED to
+    StreamBlocks is polled from then on.
+    """
+
+    def __init__(
+        self,
+        client: CoreClient,
+        settings: SourceSettings,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+        on_mode: Callable[[str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(cap_s=settings.retry_cap_s)
+        self.streaming_supported = settings.mode != "poll"
+        self._on_mode = on_mode or (lambda mode: None)
+        self._head = 0
+
+    async def head(self) -> int:
+        head = await self.client.head()
+        self._note_head(head)
+        return head
+
+    def _note_head(self, head: int) -> None:
+        if head > 0:
+            self._head = max(self._head, head)
+            self.metrics.set_head(head)
+
+    async def blocks(self, start: int, end: int | None = None) -> AsyncIterator[Block]:
+        if start < 1:
+            raise ConfigError(f"start height must be at least 1, got {start}")
+        next_height = start
+        while end is None or next_height <= end:
+            try:
+                if self._head == 0:
+                    await self.head()
+                if self._use_stream(next_height):
+                    self._on_mode("stream")
+                    path = self._stream(next_height, end)
+                else:
+                    self._on_mode("poll")
+                    path = self._poll(next_height, end)
+                async for block in path:
+                    yield block
+                    next_height = block.height + 1
+                    self.backoff.reset()
+            except _Unimplemented as exc:
+                log.warning("node does not serve StreamBlocks (%s); polling GetBlocks instead", exc)
+                self.streaming_supported = False
+            except SourceUnavailable as exc:
+                self.metrics.source_errors_total.labels(exc.code).inc()
+                self.metrics.reconnects_total.labels("node").inc()
+                delay = self.backoff.next_delay()
+                log.warning(
+                    "node unavailable, retrying from height %d in %.2f s: %s",
+                    next_height,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+
+    def _use_stream(self, next_height: int) -> bool:
+        if not self.streaming_supported:
+            return False
+        if self.settings.mode == "stream":
+            return True
+        return self._head - next_height < self.settings.catchup_threshold_blocks
+
+    async def _stream(self, start: int, end: int | None) -> AsyncIterator[Block]:
+        expected = start
+        fetch = self.metrics.block_fetch_seconds
+        waited = time.monotonic()
+        async for raw in self.client.stream_raw(start):
+            block = parse_block(raw, expected)
+            if block.height < expected:
+                log.warning(
+                    "stream repeated block %d (expected %d): ignored", block.height, expected
+                )
+                continue
+            if block.height > expected:
+                raise SourceUnavailable(
+                    f"StreamBlocks on {self.client.url} skipped from {expected} to {block.height}",
+                    "GAP",
+                )
+            now = time.monotonic()
+            fetch.observe(now - waited)
+            waited = now
+            self._note_head(expected)
+            yield block
+            expected += 1
+            if end is not None and expected > end:
+                return
+        raise SourceUnavailable(f"StreamBlocks on {self.client.url} ended", "STREAM_ENDED")
+
+    async def _poll(self, start: int, end: int | None) -> AsyncIterator[Block]:
+        """Windows of GetBlocks, several in flight; yields in height order and stops
+        at the first height the node does not have yet ("not yet", never skipped)."""
+        settings = self.settings
+        window = min(settings.poll_window, MAX_WINDOW)
+        next_height = start
+        if self._head < next_height:
+            await self.head()
+        while end is None or next_height <= end:
+            if (
+                self.settings.mode == "auto"
+                and self.streaming_supported
+                and self._use_stream(next_height)
+            ):
+                return  # near the tip: hand over to the canonical stream
+            last = self._head if end is None else min(self._head, end)
+            if next_height > last:
+                await asyncio.sleep(settings.poll_interval_s)
+                await self.head()
+                continue
+            ranges: list[list[int]] = []
+            low = next_height
+            while low <= last and len(ranges) < settings.poll_concurrency:
+                high = min(low + window - 1, last)
+                ranges.append(list(range(low, high + 1)))
+                low = high + 1
+            started = time.monotonic()
+            replies = await asyncio.gather(*(self.client.blocks_raw(r) for r in ranges))
+            fetched = sum(len(blocks) for blocks, _ in replies)
+            if fetched:
+                per_block = (time.monotonic() - started) / fetched
+                for _ in range(fetched):
+                    self.metrics.block_fetch_seconds.observe(per_block)
+            for _, head in replies:
+                self._note_head(head)
+            for heights, (blocks, _) in zip(ranges, replies, strict=True):
+                for height in heights:
+                    raw = blocks.get(height)
+                    if raw is None:
+                        break
+                    block = parse_block(raw, height)
+                    if block.error == "" and block.height != height:
+                        block = Block(
+                            height,
+                            "",
+                            "",
+                            0,
+                            0,
+                            (),
+                            raw=raw,
+                            error=f"envelope says height {block.height}",
+                        )
+                    yield block
+                    next_height = height + 1
+                else:
+                    continue
+                break
+            if next_height <= last:
+                # The node did not have a height it reported: wait, never skip.
+                await asyncio.sleep(settings.poll_interval_s)
+                await self.head()
