@@ -157,7 +157,7 @@ class Runner:
             await client.close()
 
     def _on_source_mode(self, mode: str) -> None:
-        self.metrics.set_build(__version__, self.chain_id, mode)
+        self.metrics.set_build(__version__, self.chain_id, mode, self.settings.sink.stream)
 
     async def _first_contact(self, client: CoreClient) -> NodeInfo | None:
         timeout_s = self.settings.source.connect_timeout_s

@@ -30,8 +30,11 @@ def generate(out_dir: Path) -> list[Path]:
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     include = str(resources.files("grpc_tools") / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
+        bindir = Path(sys.executable).parent  # mypy-protobuf's plugins live beside python
         argv = [
             "protoc",
+            f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
             f"-I{PROTO_DIR}",
             f"-I{include}",
             f"--python_out={tmp}",

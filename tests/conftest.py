@@ -1,0 +1,166 @@
+"""Shared fixtures: a real PostgreSQL, a real gRPC devnet, a fresh registry.
+
+Each test run creates its own template database (migrated once) and each test
+gets a fresh copy of it, so runs on one server never share state; the run
+drops its databases at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+from psycopg.conninfo import make_conninfo
+
+from consumer.config import (
+    BatchSettings,
+    HttpSettings,
+    Settings,
+    SinkSettings,
+    SourceSettings,
+)
+from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults
+from consumer.metrics import Metrics
+from consumer.migrate import apply_migrations
+
+ADMIN_URL = os.environ.get("CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RUN_ID = f"cpc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def _admin() -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.exit(f"tests need PostgreSQL at {ADMIN_URL}: {exc}", returncode=3)
+
+
+def db_url(name: str) -> str:
+    return make_conninfo(ADMIN_URL, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    """A migrated database that every test database is copied from."""
+    name = f"{RUN_ID}_template"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    async def migrate() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url(name), autocommit=True) as conn:
+            await apply_migrations(conn)
+
+    asyncio.run(migrate())
+    yield name
+    with _admin() as admin:
+        rows = admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{RUN_ID}%",)
+        ).fetchall()
+        for (db,) in rows:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(template_db: str) -> Iterator[str]:
+    """The URL of a fresh, migrated database for this test alone."""
+    name = f"{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield db_url(name)
+    with _admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = f"{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield db_url(name)
+    with _admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry)
+
+
+DevnetFactory = Callable[..., Awaitable[DevnetServer]]
+
+
+@pytest_asyncio.fixture
+async def devnet_factory() -> AsyncIterator[DevnetFactory]:
+    """Start real grpc.aio devnets on 127.0.0.1:0; all are stopped after the test."""
+    servers: list[DevnetServer] = []
+
+    async def start(
+        spec: ChainSpec | None = None, height: int = 200, block_interval_s: float = 0.0,
+        faults: Faults | None = None, port: int = 0, **kwargs: Any,
+    ) -> DevnetServer:
+        server = DevnetServer(
+            DevChain(spec or ChainSpec()), height=height, block_interval_s=block_interval_s,
+            faults=faults, port=port, **kwargs,
+        )
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def devnet(devnet_factory: DevnetFactory) -> DevnetServer:
+    """The default chain: seed 1, typical profile, 200 blocks, no live growth."""
+    return await devnet_factory()
+
+
+def make_settings(core_url: str, database_url: str, **overrides: Any) -> Settings:
+    """Settings for an in-process run: short timeouts, no fixed ports."""
+    source = {"core_url": core_url, "connect_timeout_s": 5.0, "retry_cap_s": 0.5,
+              "head_refresh_s": 0.5, "poll_interval_s": 0.05}
+    sink = {"database_url": database_url, "lease_retry_s": 0.2, "connect_timeout_s": 5.0}
+    batch: dict[str, Any] = {}
+    http: dict[str, Any] = {"metrics_addr": "127.0.0.1:0"}
+    top: dict[str, Any] = {}
+    for key, value in overrides.items():
+        for section, cls in ((source, SourceSettings), (sink, SinkSettings),
+                             (batch, BatchSettings), (http, HttpSettings)):
+            if key in cls.__dataclass_fields__:
+                section[key] = value
+                break
+        else:
+            top[key] = value
+    return Settings(source=SourceSettings(**source), sink=SinkSettings(**sink),
+                    batch=BatchSettings(**batch), http=HttpSettings(**http), **top)
+
+
+async def eventually(
+    condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> Any:
+    """Wait until condition() (sync or async) is truthy; fail with a clear message if not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s: {condition}")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,82 @@
+"""What the plays table must hold for a devnet chain, computed without consumer.decode.
+
+A deliberately plain second reading of DESIGN §3, so that the end-to-end tests
+compare the service against an independent statement of the rules rather than
+against itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from consumer._pb.core.v1 import types_pb2
+from consumer.devnet import DevChain, TxKind
+
+Row = tuple[Any, ...]
+_ID = re.compile(r"[+-]?[0-9]+")
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _int32(text: str) -> int | None:
+    if _ID.fullmatch(text) is None or len(text) > 20:
+        return None
+    value = int(text)
+    return value if -(2**31) <= value <= 2**31 - 1 else None
+
+
+def _time(seconds: int, nanos: int) -> datetime | None:
+    total = seconds * 1_000_000_000 + nanos
+    whole, frac = divmod(total, 1_000_000_000)
+    try:
+        when = _EPOCH + timedelta(seconds=whole, microseconds=frac // 1000)
+    except OverflowError:
+        return None
+    return when if when >= _EPOCH else None
+
+
+def expected_rows(chain: DevChain, first: int, last: int) -> Counter[Row]:
+    """(user_id, play_item_id, created_at, slot, signature, city, region, country) rows."""
+    rows: Counter[Row] = Counter()
+    for height in range(first, last + 1):
+        block_time = _time(*chain.block_time(height))
+        for tx in chain.txs(height):
+            if tx.kind is not TxKind.PLAYS:
+                continue
+            plays = tx.plays or tuple(
+                types_pb2.SignedTransaction.FromString(tx.data).plays.plays
+            )
+            for play in plays:
+                track = _int32(play.track_id)
+                if track is None:
+                    continue
+                created = None
+                if play.HasField("timestamp") and (play.timestamp.seconds or play.timestamp.nanos):
+                    created = _time(play.timestamp.seconds, play.timestamp.nanos)
+                created = created or block_time
+                rows[(
+                    _int32(play.user_id), track, created, height,
+                    play.signature.replace("\x00", ""), play.city.replace("\x00", ""),
+                    play.region.replace("\x00", ""), play.country.replace("\x00", ""),
+                )] += 1
+    return rows
+
+
+def play_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
+    return {tx.hash for h in range(first, last + 1) for tx in chain.txs(h)
+            if tx.kind is TxKind.PLAYS}
+
+
+def malformed_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
+    return {tx.hash for h in range(first, last + 1) for tx in chain.txs(h)
+            if tx.kind is TxKind.MALFORMED}
+
+
+async def plays_rows(conn: Any) -> Counter[Row]:
+    cur = await conn.execute(
+        "SELECT user_id, play_item_id, created_at, slot, signature, city, region, country "
+        "FROM plays"
+    )
+    return Counter(tuple(r) for r in await cur.fetchall())
