@@ -1,6 +1,7 @@
 """Every Prometheus metric the service exports, on an injected registry.
 
-Metrics observe; they never decide. Lag is computed at scrape time from the
+Metrics observe; they never decide. (The reason enums come from model, the
+one shared vocabulary, so the label values cannot drift from what decode says.) Lag is computed at scrape time from the
 last committed block, so it keeps rising while the service is stuck instead of
 freezing at its last good value (the classic silent stall of block indexers).
 """
@@ -14,9 +15,13 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["PREFIX", "Metrics"]
+from consumer.model import RepairReason, SkipReason
+
+__all__ = ["PREFIX", "QUARANTINE_KINDS", "Metrics"]
 
 PREFIX = "core_plays_"
+# The `kind` label of quarantined_total: one transaction, or a whole unreadable block.
+QUARANTINE_KINDS = ("transaction", "block")
 
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -58,7 +63,7 @@ class Metrics:
         self.build_info = gauge(
             "build_info",
             "Always 1; labels describe the build and the chain.",
-            ("version", "chain_id", "source_mode"),
+            ("version", "chain_id", "source_mode", "stream"),
         )
         self.blocks_total = counter("blocks_total", "Blocks committed.")
         self.transactions_total = counter(
@@ -108,6 +113,17 @@ class Metrics:
             registry=registry,
         )
 
+        # Export every known label value at 0 from the start, so that rate() and
+        # increase() see the first event of a series instead of its birth.
+        for skip in SkipReason:
+            self.plays_skipped_total.labels(skip.value)
+        for repair in RepairReason:
+            self.plays_repaired_total.labels(repair.value)
+        for kind in QUARANTINE_KINDS:
+            self.quarantined_total.labels(kind)
+        for target in ("node", "database"):
+            self.reconnects_total.labels(target)
+
     def _lag_blocks(self) -> float:
         # NaN (unknown) rather than 0 until both ends are known: a zero would
         # read as "caught up" on a dashboard.
@@ -124,9 +140,9 @@ class Metrics:
     def _known(*values: float) -> bool:
         return not any(math.isnan(v) for v in values)
 
-    def set_build(self, version: str, chain_id: str, source_mode: str) -> None:
+    def set_build(self, version: str, chain_id: str, source_mode: str, stream: str) -> None:
         self.build_info.clear()
-        self.build_info.labels(version, chain_id, source_mode).set(1)
+        self.build_info.labels(version, chain_id, source_mode, stream).set(1)
 
     def set_head(self, height: int) -> None:
         # A lagging replica behind a load balancer may report an older head:
