@@ -316,6 +316,13 @@ OPTIONS: tuple[Option, ...] = (
         "a bounded backfill with its own checkpoint and writer lock.",
     ),
     Option(
+        "lease-retry-s",
+        "sink",
+        float,
+        "How often a standby tries for the writer lock (it takes over within about this "
+        "long when the leader dies).",
+    ),
+    Option(
         "rewind-checkpoint",
         "sink",
         _bool,

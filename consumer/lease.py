@@ -75,6 +75,7 @@ class Lease:
             await conn.close()
             if not announced:
                 log.info("writer lock %s is held by another instance: standing by", self.key)
+                self._on_change(False)
                 announced = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.retry_s)

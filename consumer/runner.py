@@ -209,7 +209,6 @@ class Runner:
             on_change=self._on_lease,
         )
         try:
-            self.role = "standby" if self.role == "leader" else self.role
             conn = await lease.acquire(self.stop)
             if conn is None:
                 return True

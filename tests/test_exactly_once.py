@@ -1,0 +1,193 @@
+"""In a live discovery database: every play once, every aggregate exact, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+
+from consumer.devnet import DevChain
+from consumer.errors import ChainMismatch, CheckpointMissing
+from consumer.metrics import Metrics
+from consumer.runner import Runner
+from tests.conftest import DevnetFactory, eventually, make_settings
+from tests.reference import expected_rows, plays_rows
+
+DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").read_text()
+LEGACY_ROWS = 500
+
+
+@pytest_asyncio.fixture
+async def discovery(empty_database: str) -> AsyncIterator[str]:
+    """A database shaped like a live discovery/api one, with history and on_play."""
+    async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
+        await conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
+    yield empty_database
+
+
+async def consume(url: str, database: str, stop: asyncio.Event | None = None,
+                  metrics: Metrics | None = None, **overrides: Any) -> Runner:
+    runner = Runner(make_settings(url, database, **overrides),
+                    metrics or Metrics(CollectorRegistry()), stop or asyncio.Event())
+    await runner.run()
+    return runner
+
+
+async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        rows = await plays_rows(conn)
+    return Counter({r: n for r, n in rows.items() if r[4] is None or
+                    not str(r[4]).startswith("legacy-")})
+
+
+async def assert_aggregates_exact(database: str) -> None:
+    """aggregate_plays and the monthly aggregate equal the plays actually present."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute("""
+            SELECT count(*) FROM (
+              SELECT play_item_id, count(*) AS n FROM plays GROUP BY 1
+            ) p FULL JOIN aggregate_plays a USING (play_item_id)
+            WHERE p.n IS DISTINCT FROM a.count""")
+        assert await cur.fetchone() == (0,)
+        cur = await conn.execute("""
+            SELECT count(*) FROM (
+              SELECT play_item_id, date_trunc('month', created_at)::date AS m,
+                     coalesce(country, '') AS country, count(*) AS n FROM plays GROUP BY 1, 2, 3
+            ) p FULL JOIN aggregate_monthly_plays a
+              ON a.play_item_id = p.play_item_id AND a."timestamp" = p.m AND a.country = p.country
+            WHERE p.n IS DISTINCT FROM a.count""")
+        assert await cur.fetchone() == (0,)
+
+
+async def test_replays_restarts_and_overlaps_keep_every_aggregate_exact(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=500)
+    url = devnet.url
+    await consume(url, discovery, from_height=1, to_height=200)
+    await consume(url, discovery, to_height=300)  # restart from the checkpoint
+    await consume(url, discovery, from_height=150, to_height=400)  # overlapping replay
+    await consume(url, discovery, from_height=1, to_height=500, source_mode="poll")  # re-sorted
+    await consume(url, discovery, from_height=250, to_height=350, stream="backfill-x")
+    assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 500)
+    await assert_aggregates_exact(discovery)
+
+
+async def test_two_runners_started_at_once_write_each_play_once(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=400)
+    await asyncio.gather(
+        consume(devnet.url, discovery, from_height=1, to_height=400),
+        consume(devnet.url, discovery, from_height=1, to_height=400, source_mode="poll"),
+    )
+    assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 400)
+    await assert_aggregates_exact(discovery)
+
+
+async def test_a_second_runner_stands_by_while_the_first_holds_the_lock(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=50)
+    leader_metrics, standby_metrics = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    stop_leader, stop_standby = asyncio.Event(), asyncio.Event()
+    leader = asyncio.create_task(consume(devnet.url, discovery, stop_leader, leader_metrics,
+                                         from_height=1))
+    await eventually(lambda: leader_metrics.registry.get_sample_value("core_plays_is_leader"))
+    standby = asyncio.create_task(consume(devnet.url, discovery, stop_standby, standby_metrics,
+                                          from_height=1))
+    await asyncio.sleep(0)  # let it reach the lock
+    await eventually(lambda: leader_metrics.registry.get_sample_value(
+        "core_plays_processed_height") == 50)
+    await devnet.advance(10)
+    await eventually(lambda: leader_metrics.registry.get_sample_value(
+        "core_plays_processed_height") == 60)
+    assert standby_metrics.registry.get_sample_value("core_plays_is_leader") == 0
+    assert standby_metrics.registry.get_sample_value("core_plays_blocks_total") == 0
+    stop_leader.set()
+    await leader
+    await eventually(lambda: standby_metrics.registry.get_sample_value("core_plays_is_leader"))
+    await devnet.advance(10)
+    await eventually(lambda: standby_metrics.registry.get_sample_value(
+        "core_plays_processed_height") == 70)
+    stop_standby.set()
+    await standby
+    assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 70)
+    await assert_aggregates_exact(discovery)
+
+
+async def test_another_writer_in_plays_does_not_disturb_the_consumer(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=300)
+
+    async def legacy_writer() -> None:
+        async with await psycopg.AsyncConnection.connect(discovery, autocommit=True) as conn:
+            for i in range(100):
+                await conn.execute(
+                    "INSERT INTO plays (user_id, source, play_item_id, created_at, updated_at, "
+                    "slot, signature) VALUES (1, 'relay', 5, now(), now(), %s, %s)",
+                    (i, f"legacy-cutover-{i}"),
+                )
+                await asyncio.sleep(0)
+
+    await asyncio.gather(legacy_writer(), consume(devnet.url, discovery, from_height=1,
+                                                  to_height=300, max_blocks=10))
+    assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 300)
+    await assert_aggregates_exact(discovery)
+
+
+async def test_a_node_on_another_chain_is_refused_naming_both_chains(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    from consumer.devnet import ChainSpec
+
+    first = await devnet_factory(height=50)
+    await consume(first.url, discovery, from_height=1, to_height=50)
+    before = await new_plays(discovery)
+    other = await devnet_factory(ChainSpec(chain_id="devnet-2", seed=2), height=80)
+    with pytest.raises(ChainMismatch, match=r"devnet-2.*devnet-1"):
+        await consume(other.url, discovery, to_height=80)
+    assert await new_plays(discovery) == before
+
+
+async def test_a_new_chain_without_a_checkpoint_needs_from_height(
+    devnet: Any, discovery: str
+) -> None:
+    with pytest.raises(CheckpointMissing, match="--from-height"):
+        await consume(devnet.url, discovery, to_height=10)
+    assert await new_plays(discovery) == Counter()
+
+
+async def test_a_node_with_another_block_at_the_checkpoint_is_refused(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    from consumer.devnet import ChainSpec
+
+    first = await devnet_factory(height=50)
+    await consume(first.url, discovery, from_height=1, to_height=50)
+    before = await new_plays(discovery)
+    restored = await devnet_factory(ChainSpec(hash_salt="restored"), height=90)
+    expected_hash = DevChain(ChainSpec()).block_hash(50)
+    with pytest.raises(ChainMismatch, match=f"height 50 with block hash {expected_hash}"):
+        await consume(restored.url, discovery, to_height=90)
+    assert await new_plays(discovery) == before
+
+
+async def test_a_replay_below_the_checkpoint_leaves_the_live_checkpoint_in_place(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=200)
+    await consume(devnet.url, discovery, from_height=1, to_height=200)
+    await consume(devnet.url, discovery, from_height=20, to_height=60)
+    async with await psycopg.AsyncConnection.connect(discovery) as conn:
+        cur = await conn.execute("SELECT height FROM core_plays.checkpoint WHERE stream='live'")
+        assert await cur.fetchone() == (200,)
+    assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 200)

@@ -1,0 +1,84 @@
+"""Migrations: a fresh database gets everything, a live one keeps its plays untouched."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from consumer.errors import SchemaMismatch
+from consumer.migrate import apply_migrations, check_plays_schema, migrations
+
+DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").read_text()
+
+PLAYS_SHAPE = """
+SELECT (SELECT relfilenode FROM pg_class WHERE oid = 'plays'::regclass),
+       (SELECT array_agg(indexdef ORDER BY indexname) FROM pg_indexes WHERE tablename = 'plays'),
+       (SELECT array_agg(tgname ORDER BY tgname) FROM pg_trigger
+         WHERE tgrelid = 'plays'::regclass AND NOT tgisinternal),
+       (SELECT array_agg(attname || ':' || format_type(atttypid, atttypmod) ORDER BY attnum)
+         FROM pg_attribute WHERE attrelid = 'plays'::regclass AND attnum > 0),
+       (SELECT count(*) FROM plays)
+"""
+
+
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
+
+async def test_a_fresh_database_gets_plays_and_the_core_plays_schema(empty_database: str) -> None:
+    async with await connect(empty_database) as conn:
+        applied = await apply_migrations(conn)
+        await check_plays_schema(conn)
+        cur = await conn.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('public', 'core_plays') ORDER BY 1"
+        )
+        tables = [r[0] for r in await cur.fetchall()]
+    assert applied == [m.version for m in migrations()]
+    assert tables == ["core_plays.checkpoint", "core_plays.migrations", "core_plays.quarantine",
+                      "core_plays.tx_ledger", "public.plays"]
+
+
+async def test_migrating_twice_applies_nothing_the_second_time(empty_database: str) -> None:
+    async with await connect(empty_database) as conn:
+        await apply_migrations(conn)
+        assert await apply_migrations(conn) == []
+
+
+async def test_concurrent_migrations_apply_each_version_once(empty_database: str) -> None:
+    conns = [await connect(empty_database) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(apply_migrations(c) for c in conns))
+        cur = await conns[0].execute("SELECT version FROM core_plays.migrations ORDER BY 1")
+        versions = [r[0] for r in await cur.fetchall()]
+    finally:
+        for c in conns:
+            await c.close()
+    assert sorted(v for applied in results for v in applied) == versions
+    assert versions == [m.version for m in migrations()]
+
+
+async def test_an_existing_plays_table_is_left_exactly_as_it_was(empty_database: str) -> None:
+    async with await connect(empty_database) as conn:
+        await conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
+        before = await (await conn.execute(PLAYS_SHAPE)).fetchone()
+        await apply_migrations(conn)
+        await check_plays_schema(conn)
+        after = await (await conn.execute(PLAYS_SHAPE)).fetchone()
+    assert after == before
+
+
+@pytest.mark.parametrize("column", ["slot", "signature", "country"])
+async def test_a_plays_table_without_a_written_column_is_refused_by_name(
+    empty_database: str, column: str
+) -> None:
+    async with await connect(empty_database) as conn:
+        await conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
+        await conn.execute(f"ALTER TABLE plays DROP COLUMN {column}")  # type: ignore[arg-type]
+        await apply_migrations(conn)
+        with pytest.raises(SchemaMismatch, match=column):
+            await check_plays_schema(conn)
