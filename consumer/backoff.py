@@ -26,7 +26,11 @@ class Backoff:
     attempts: int = 0
 
     def next_delay(self) -> float:
-        base = min(self.cap_s, self.initial_s * self.factor**self.attempts)
+        try:
+            grown = self.initial_s * self.factor**self.attempts
+        except OverflowError:  # float pow past ~1e308: a long outage, long since at the cap
+            grown = self.cap_s
+        base = min(self.cap_s, grown)
         self.attempts += 1
         return base * (1.0 - self.jitter) + base * self.jitter * self.rng.random()
 

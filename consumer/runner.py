@@ -360,8 +360,9 @@ class Runner:
         end: int | None,
     ) -> None:
         decode = self._decode
-        async for block in source.blocks(start, end):
-            await queue.put(decode(block))
+        async with contextlib.aclosing(source.blocks(start, end)) as blocks:
+            async for block in blocks:
+                await queue.put(decode(block))
         await queue.put(None)
 
     async def _watch(self, source: CoreSource, lease: Lease) -> None:

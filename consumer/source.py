@@ -11,9 +11,10 @@ ever sees blocks, or an error that waiting will not fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -56,7 +57,7 @@ Req = TypeVar("Req")
 
 
 class BlockSource(Protocol):
-    def blocks(self, start: int, end: int | None) -> AsyncIterator[Block]: ...
+    def blocks(self, start: int, end: int | None) -> AsyncGenerator[Block, None]: ...
 
     async def head(self) -> int: ...
 
@@ -67,8 +68,13 @@ class NodeInfo:
     head: int
 
 
-class _Unimplemented(Exception):
-    """StreamBlocks is not served: an older node, to be polled instead."""
+class _Unimplemented(SourceFailed):
+    """The node does not serve a call. StreamBlocks: an older node, to be polled
+    instead; any other call is a SourceFailed like any refusal waiting cannot fix."""
+
+    def __init__(self, message: str, call: str) -> None:
+        super().__init__(message)
+        self.call = call
 
 
 def parse_core_url(url: str) -> tuple[str, bool]:
@@ -137,7 +143,7 @@ class CoreClient:
         detail = exc.details() or ""
         where = f"{call} on {self.url}"
         if code is grpc.StatusCode.UNIMPLEMENTED:
-            return _Unimplemented(f"{where}: {detail}")
+            return _Unimplemented(f"{where}: UNIMPLEMENTED {detail}".rstrip(), call)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
             return ConfigError(
                 f"{where}: a reply exceeds the receive limit ({detail}); "
@@ -191,7 +197,7 @@ class CoreClient:
             ) from exc
         return dict(reply.blocks), reply.current_height
 
-    async def stream_raw(self, start: int) -> AsyncIterator[bytes]:
+    async def stream_raw(self, start: int) -> AsyncGenerator[bytes, None]:
         """Raw block bytes from StreamBlocks(canon=true, start_height=start)."""
         call = self._stream(types_pb2.StreamBlocksRequest(canon=True, start_height=start))
         try:
@@ -250,7 +256,7 @@ class CoreSource:
             self._head = max(self._head, head)
             self.metrics.set_head(head)
 
-    async def blocks(self, start: int, end: int | None = None) -> AsyncIterator[Block]:
+    async def blocks(self, start: int, end: int | None = None) -> AsyncGenerator[Block, None]:
         if start < 1:
             raise ConfigError(f"start height must be at least 1, got {start}")
         next_height = start
@@ -264,11 +270,14 @@ class CoreSource:
                 else:
                     self._on_mode("poll")
                     path = self._poll(next_height, end)
-                async for block in path:
-                    yield block
-                    next_height = block.height + 1
-                    self.backoff.reset()
+                async with contextlib.aclosing(path) as blocks:
+                    async for block in blocks:
+                        yield block
+                        next_height = block.height + 1
+                        self.backoff.reset()
             except _Unimplemented as exc:
+                if not exc.call.startswith("StreamBlocks") or not self.streaming_supported:
+                    raise  # GetBlocks or the head is not served: polling cannot help
                 log.warning("node does not serve StreamBlocks (%s); polling GetBlocks instead", exc)
                 self.streaming_supported = False
             except SourceUnavailable as exc:
@@ -281,7 +290,7 @@ class CoreSource:
                     delay,
                     exc,
                 )
-                await asyncio.sleep(delay)
+                await self.backoff.sleep(delay)
 
     def _use_stream(self, next_height: int) -> bool:
         if not self.streaming_supported:
@@ -290,33 +299,50 @@ class CoreSource:
             return True
         return self._head - next_height < self.settings.catchup_threshold_blocks
 
-    async def _stream(self, start: int, end: int | None) -> AsyncIterator[Block]:
+    async def _stream(self, start: int, end: int | None) -> AsyncGenerator[Block, None]:
         expected = start
         fetch = self.metrics.block_fetch_seconds
         waited = time.monotonic()
-        async for raw in self.client.stream_raw(start):
-            block = parse_block(raw, expected)
-            if block.height < expected:
-                log.warning(
-                    "stream repeated block %d (expected %d): ignored", block.height, expected
-                )
-                continue
-            if block.height > expected:
-                raise SourceUnavailable(
-                    f"StreamBlocks on {self.client.url} skipped from {expected} to {block.height}",
-                    "GAP",
-                )
-            now = time.monotonic()
-            fetch.observe(now - waited)
-            waited = now
-            self._note_head(expected)
-            yield block
-            expected += 1
-            if end is not None and expected > end:
-                return
+        # aclosing: the call ends now, not at garbage collection; a node that caps
+        # concurrent streams would otherwise refuse our reconnect.
+        async with contextlib.aclosing(self.client.stream_raw(start)) as raws:
+            async for raw in raws:
+                block = parse_block(raw, expected)
+                if block.height < start:
+                    # Below where this stream began, so not a repeat (an empty or zeroed
+                    # envelope says height 0): an error block, as _poll makes, not a wedge.
+                    block = Block(
+                        expected,
+                        "",
+                        "",
+                        0,
+                        0,
+                        (),
+                        raw=raw,
+                        error=f"envelope says height {block.height}",
+                    )
+                elif block.height < expected:
+                    log.warning(
+                        "stream repeated block %d (expected %d): ignored", block.height, expected
+                    )
+                    continue
+                if block.height > expected:
+                    raise SourceUnavailable(
+                        f"StreamBlocks on {self.client.url} skipped from {expected} "
+                        f"to {block.height}",
+                        "GAP",
+                    )
+                now = time.monotonic()
+                fetch.observe(now - waited)
+                waited = now
+                self._note_head(expected)
+                yield block
+                expected += 1
+                if end is not None and expected > end:
+                    return
         raise SourceUnavailable(f"StreamBlocks on {self.client.url} ended", "STREAM_ENDED")
 
-    async def _poll(self, start: int, end: int | None) -> AsyncIterator[Block]:
+    async def _poll(self, start: int, end: int | None) -> AsyncGenerator[Block, None]:
         """Windows of GetBlocks, several in flight; yields in height order and stops
         at the first height the node does not have yet ("not yet", never skipped)."""
         settings = self.settings
