@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 _LEADER = """
 SELECT pid, application_name, client_addr::text FROM pg_locks JOIN pg_stat_activity USING (pid)
 WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)
 """
 
@@ -95,10 +96,18 @@ async def status_command(settings: Settings) -> tuple[dict[str, Any], bool]:
                 "SELECT count(*) FROM core_plays.quarantine WHERE chain_id = %s", (chain_id,)
             )
             (quarantined,) = await cur.fetchone() or (0,)
+            cur = await conn.execute(
+                """SELECT r.key, sum(r.value::bigint) FROM core_plays.tx_ledger,
+                          jsonb_each_text(skip_reasons) AS r
+                   WHERE chain_id = %s AND skip_reasons IS NOT NULL GROUP BY 1 ORDER BY 1""",
+                (chain_id,),
+            )
+            by_reason = {key: int(total) for key, total in await cur.fetchall()}
             report["ledger"] = {
                 "play_transactions": txs,
                 "plays_written": plays,
                 "plays_skipped": skipped,
+                "plays_skipped_by_reason": by_reason,
                 "quarantined": quarantined,
             }
             ok = lag_s is not None and lag_s <= settings.http.ready_max_lag_s

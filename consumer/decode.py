@@ -95,8 +95,11 @@ def decode_block(block: Block) -> DecodedBlock:
             kind = "unknown" if len(UnknownFieldSet(signed)) else "empty"
         tx_types[kind] = tx_types.get(kind, 0) + 1
         if kind == "plays":
-            rows, tx_skipped = _decode_plays(signed.plays.plays, block_time, skipped, repaired)
-            txs.append(DecodedTx(tx_index, tx_hash, rows, tx_skipped))
+            tx_skips: _Counts = {}
+            rows, tx_skipped = _decode_plays(signed.plays.plays, block_time, tx_skips, repaired)
+            for reason, count in tx_skips.items():
+                skipped[reason] = skipped.get(reason, 0) + count
+            txs.append(DecodedTx(tx_index, tx_hash, rows, tx_skipped, tx_skips))
 
     return DecodedBlock(
         height=block.height,
@@ -119,8 +122,9 @@ def _decode_plays(
 ) -> tuple[tuple[PlayRow, ...], int]:
     """Rows for one plays transaction and how many of its plays were skipped.
 
-    Skips and repairs are added to the block's counts. A play skipped for its track id is
-    not also counted as repaired; the track id is checked first, then the timestamp.
+    Skips are added to the transaction's counts, repairs to the block's. A play
+    skipped for its track id is not also counted as repaired; the track id is
+    checked first, then the timestamp.
     """
     # Locals: each global or attribute lookup saved here is saved once per play.
     epoch = _EPOCH

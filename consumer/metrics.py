@@ -1,9 +1,10 @@
 """Every Prometheus metric the service exports, on an injected registry.
 
-Metrics observe; they never decide. (The reason enums come from model, the
-one shared vocabulary, so the label values cannot drift from what decode says.) Lag is computed at scrape time from the
+Metrics observe; they never decide. Lag is computed at scrape time from the
 last committed block, so it keeps rising while the service is stuck instead of
 freezing at its last good value (the classic silent stall of block indexers).
+The reason enums come from model, the one shared vocabulary, so the exported
+label values cannot drift from what decode reports.
 """
 
 from __future__ import annotations

@@ -94,6 +94,9 @@ class DecodedTx:
     tx_hash: str
     plays: tuple[PlayRow, ...]
     skipped: int
+    # The same skips by reason, kept per transaction so that the ledger can
+    # total them without a replay counting anything twice.
+    skip_reasons: Mapping[SkipReason, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

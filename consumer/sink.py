@@ -10,6 +10,7 @@ set-based over arrays sent in binary (`%b`), one round trip per table.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,10 +26,10 @@ __all__ = ["BatchResult", "PlaysSink", "read_checkpoint"]
 
 _INSERT_LEDGER = """
 INSERT INTO core_plays.tx_ledger
-    (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count)
-SELECT %(chain)s, h, i, x, p, s
+    (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, skip_reasons)
+SELECT %(chain)s, h, i, x, p, s, r::jsonb
 FROM unnest(%(heights)b::bigint[], %(indexes)b::int[], %(hashes)b::text[],
-            %(plays)b::int[], %(skipped)b::int[]) AS t(h, i, x, p, s)
+            %(plays)b::int[], %(skipped)b::int[], %(reasons)b::text[]) AS t(h, i, x, p, s, r)
 ON CONFLICT DO NOTHING
 RETURNING block_height, tx_index
 """
@@ -134,6 +135,7 @@ class PlaysSink:
         chain = self.chain_id
         result = BatchResult(blocks=len(batch), height=batch[-1].height, block_time=batch[-1].time)
         heights, indexes, hashes, play_counts, skipped = [], [], [], [], []
+        reasons: list[str | None] = []
         q_heights, q_indexes, q_hashes, q_data, q_errors = [], [], [], [], []
         for block in batch:
             result.tx_types.update(block.tx_types)
@@ -145,6 +147,7 @@ class PlaysSink:
                 hashes.append(tx.tx_hash)
                 play_counts.append(len(tx.plays))
                 skipped.append(tx.skipped)
+                reasons.append(json.dumps(tx.skip_reasons) if tx.skip_reasons else None)
             for q in block.quarantined:
                 q_heights.append(block.height)
                 q_indexes.append(q.tx_index)
@@ -165,6 +168,7 @@ class PlaysSink:
                         "hashes": hashes,
                         "plays": play_counts,
                         "skipped": skipped,
+                        "reasons": reasons,
                     },
                 )
                 # Keyed by position, not hash: the same transaction twice in one

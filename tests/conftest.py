@@ -31,7 +31,9 @@ from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults
 from consumer.metrics import Metrics
 from consumer.migrate import apply_migrations
 
-ADMIN_URL = os.environ.get("CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 RUN_ID = f"cpc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
@@ -108,12 +110,20 @@ async def devnet_factory() -> AsyncIterator[DevnetFactory]:
     servers: list[DevnetServer] = []
 
     async def start(
-        spec: ChainSpec | None = None, height: int = 200, block_interval_s: float = 0.0,
-        faults: Faults | None = None, port: int = 0, **kwargs: Any,
+        spec: ChainSpec | None = None,
+        height: int = 200,
+        block_interval_s: float = 0.0,
+        faults: Faults | None = None,
+        port: int = 0,
+        **kwargs: Any,
     ) -> DevnetServer:
         server = DevnetServer(
-            DevChain(spec or ChainSpec()), height=height, block_interval_s=block_interval_s,
-            faults=faults, port=port, **kwargs,
+            DevChain(spec or ChainSpec()),
+            height=height,
+            block_interval_s=block_interval_s,
+            faults=faults,
+            port=port,
+            **kwargs,
         )
         await server.start()
         servers.append(server)
@@ -132,22 +142,36 @@ async def devnet(devnet_factory: DevnetFactory) -> DevnetServer:
 
 def make_settings(core_url: str, database_url: str, **overrides: Any) -> Settings:
     """Settings for an in-process run: short timeouts, no fixed ports."""
-    source = {"core_url": core_url, "connect_timeout_s": 5.0, "retry_cap_s": 0.5,
-              "head_refresh_s": 0.5, "poll_interval_s": 0.05}
+    source = {
+        "core_url": core_url,
+        "connect_timeout_s": 5.0,
+        "retry_cap_s": 0.5,
+        "head_refresh_s": 0.5,
+        "poll_interval_s": 0.05,
+    }
     sink = {"database_url": database_url, "lease_retry_s": 0.2, "connect_timeout_s": 5.0}
     batch: dict[str, Any] = {}
     http: dict[str, Any] = {"metrics_addr": "127.0.0.1:0"}
     top: dict[str, Any] = {}
     for key, value in overrides.items():
-        for section, cls in ((source, SourceSettings), (sink, SinkSettings),
-                             (batch, BatchSettings), (http, HttpSettings)):
+        for section, cls in (
+            (source, SourceSettings),
+            (sink, SinkSettings),
+            (batch, BatchSettings),
+            (http, HttpSettings),
+        ):
             if key in cls.__dataclass_fields__:
                 section[key] = value
                 break
         else:
             top[key] = value
-    return Settings(source=SourceSettings(**source), sink=SinkSettings(**sink),
-                    batch=BatchSettings(**batch), http=HttpSettings(**http), **top)
+    return Settings(
+        source=SourceSettings(**source),
+        sink=SinkSettings(**sink),
+        batch=BatchSettings(**batch),
+        http=HttpSettings(**http),
+        **top,
+    )
 
 
 async def eventually(

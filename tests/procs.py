@@ -67,8 +67,9 @@ class ConsumerProcess:
         return "".join(self.stderr)
 
 
-async def start_consumer(*args: str, env: dict[str, str] | None = None,
-                         command: str = "run") -> ConsumerProcess:
+async def start_consumer(
+    *args: str, env: dict[str, str] | None = None, command: str = "run"
+) -> ConsumerProcess:
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
     full_env.update(env or {})
@@ -76,7 +77,10 @@ async def start_consumer(*args: str, env: dict[str, str] | None = None,
     if command == "run":
         argv += ["--metrics-addr", f"127.0.0.1:{port}"]
     proc = await asyncio.create_subprocess_exec(
-        *argv, *args, env=full_env, stdout=asyncio.subprocess.PIPE,
+        *argv,
+        *args,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     consumer = ConsumerProcess(proc, port)
@@ -84,13 +88,19 @@ async def start_consumer(*args: str, env: dict[str, str] | None = None,
     return consumer
 
 
-async def run_once(*args: str, env: dict[str, str] | None = None,
-                   timeout_s: float = 60) -> tuple[int, str, str]:
+async def run_once(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> tuple[int, str, str]:
     """Run one plays-consumer command to completion: (exit code, stdout, stderr)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "consumer", *args, env=full_env, stdout=asyncio.subprocess.PIPE,
+        PYTHON,
+        "-m",
+        "consumer",
+        *args,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(timeout_s):

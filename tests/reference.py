@@ -45,9 +45,7 @@ def expected_rows(chain: DevChain, first: int, last: int) -> Counter[Row]:
         for tx in chain.txs(height):
             if tx.kind is not TxKind.PLAYS:
                 continue
-            plays = tx.plays or tuple(
-                types_pb2.SignedTransaction.FromString(tx.data).plays.plays
-            )
+            plays = tx.plays or tuple(types_pb2.SignedTransaction.FromString(tx.data).plays.plays)
             for play in plays:
                 track = _int32(play.track_id)
                 if track is None:
@@ -56,22 +54,34 @@ def expected_rows(chain: DevChain, first: int, last: int) -> Counter[Row]:
                 if play.HasField("timestamp") and (play.timestamp.seconds or play.timestamp.nanos):
                     created = _time(play.timestamp.seconds, play.timestamp.nanos)
                 created = created or block_time
-                rows[(
-                    _int32(play.user_id), track, created, height,
-                    play.signature.replace("\x00", ""), play.city.replace("\x00", ""),
-                    play.region.replace("\x00", ""), play.country.replace("\x00", ""),
-                )] += 1
+                rows[
+                    (
+                        _int32(play.user_id),
+                        track,
+                        created,
+                        height,
+                        play.signature.replace("\x00", ""),
+                        play.city.replace("\x00", ""),
+                        play.region.replace("\x00", ""),
+                        play.country.replace("\x00", ""),
+                    )
+                ] += 1
     return rows
 
 
 def play_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
-    return {tx.hash for h in range(first, last + 1) for tx in chain.txs(h)
-            if tx.kind is TxKind.PLAYS}
+    return {
+        tx.hash for h in range(first, last + 1) for tx in chain.txs(h) if tx.kind is TxKind.PLAYS
+    }
 
 
 def malformed_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
-    return {tx.hash for h in range(first, last + 1) for tx in chain.txs(h)
-            if tx.kind is TxKind.MALFORMED}
+    return {
+        tx.hash
+        for h in range(first, last + 1)
+        for tx in chain.txs(h)
+        if tx.kind is TxKind.MALFORMED
+    }
 
 
 async def plays_rows(conn: Any) -> Counter[Row]:

@@ -16,8 +16,9 @@ async def test_sigterm_at_the_tip_exits_zero_with_the_checkpoint_matching_the_ro
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=100, block_interval_s=0.05)
-    consumer = await start_consumer("--core-url", devnet.url, "--database-url", database,
-                                    "--from-height", "1")
+    consumer = await start_consumer(
+        "--core-url", devnet.url, "--database-url", database, "--from-height", "1"
+    )
     await eventually(lambda: _processed_at_least(consumer, 110), timeout_s=20)
     consumer.signal(signal.SIGTERM)
     assert await consumer.wait() == 0, consumer.text()
@@ -35,16 +36,30 @@ async def _processed_at_least(consumer: object, height: int) -> bool:
 
 
 async def test_to_height_ends_the_run_with_exit_zero(devnet: object, database: str) -> None:
-    code, _, err = await run_once("run", "--core-url", devnet.url,  # type: ignore[attr-defined]
-                                  "--database-url", database, "--from-height", "1",
-                                  "--to-height", "50", "--metrics-addr", "127.0.0.1:0")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        devnet.url,  # type: ignore[attr-defined]
+        "--database-url",
+        database,
+        "--from-height",
+        "1",
+        "--to-height",
+        "50",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
     assert code == 0, err
 
 
 async def test_environment_variables_configure_the_run(devnet: object, database: str) -> None:
-    env = {"CORE_PLAYS_CORE_URL": devnet.url, "CORE_PLAYS_DATABASE_URL": database,  # type: ignore[attr-defined]
-           "CORE_PLAYS_FROM_HEIGHT": "1", "CORE_PLAYS_TO_HEIGHT": "30",
-           "CORE_PLAYS_METRICS_ADDR": "127.0.0.1:0"}
+    env = {
+        "CORE_PLAYS_CORE_URL": devnet.url,
+        "CORE_PLAYS_DATABASE_URL": database,  # type: ignore[attr-defined]
+        "CORE_PLAYS_FROM_HEIGHT": "1",
+        "CORE_PLAYS_TO_HEIGHT": "30",
+        "CORE_PLAYS_METRICS_ADDR": "127.0.0.1:0",
+    }
     code, _, err = await run_once("run", env=env)
     assert code == 0, err
     async with await psycopg.AsyncConnection.connect(database) as conn:
@@ -56,9 +71,15 @@ async def test_an_unreachable_database_is_one_line_naming_it_without_the_passwor
     devnet: object,
 ) -> None:
     code, _, err = await run_once(
-        "run", "--core-url", devnet.url,  # type: ignore[attr-defined]
-        "--database-url", "postgresql://app@127.0.0.1:1/plays", "--connect-timeout-s", "1",
-        "--metrics-addr", "127.0.0.1:0",
+        "run",
+        "--core-url",
+        devnet.url,  # type: ignore[attr-defined]
+        "--database-url",
+        "postgresql://app@127.0.0.1:1/plays",
+        "--connect-timeout-s",
+        "1",
+        "--metrics-addr",
+        "127.0.0.1:0",
         env={"CORE_PLAYS_DATABASE_PASSWORD": "s3cret-pw"},
     )
     assert code == 2
@@ -70,25 +91,42 @@ async def test_an_unreachable_database_is_one_line_naming_it_without_the_passwor
 
 
 async def test_an_unreachable_node_is_one_line_naming_its_url(database: str) -> None:
-    code, _, err = await run_once("run", "--core-url", "http://127.0.0.1:1",
-                                  "--database-url", database, "--connect-timeout-s", "1",
-                                  "--metrics-addr", "127.0.0.1:0")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        "http://127.0.0.1:1",
+        "--database-url",
+        database,
+        "--connect-timeout-s",
+        "1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
     assert code == 2
     assert "cannot reach the Core node at http://127.0.0.1:1" in err
     assert "Traceback" not in err
 
 
 async def test_a_password_in_the_database_url_flag_is_refused(devnet: object) -> None:
-    code, _, err = await run_once("run", "--core-url", devnet.url,  # type: ignore[attr-defined]
-                                  "--database-url", "postgresql://u:hunter2@127.0.0.1/db")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        devnet.url,  # type: ignore[attr-defined]
+        "--database-url",
+        "postgresql://u:hunter2@127.0.0.1/db",
+    )
     assert code == 2
     assert "CORE_PLAYS_DATABASE_PASSWORD" in err
 
 
 async def test_a_missing_database_is_refused_at_once_without_showing_the_password() -> None:
     code, _, err = await run_once(
-        "migrate", "--database-url", "postgresql://postgres@127.0.0.1:5432/cpc_no_such_db",
-        "--connect-timeout-s", "30", env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-not-shown"},
+        "migrate",
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:5432/cpc_no_such_db",
+        "--connect-timeout-s",
+        "30",
+        env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-not-shown"},
         timeout_s=20,
     )
     assert code == 2
@@ -99,24 +137,37 @@ async def test_a_missing_database_is_refused_at_once_without_showing_the_passwor
 async def test_migrate_applies_the_schema_to_an_empty_database(empty_database: str) -> None:
     code, out, err = await run_once("migrate", "--database-url", empty_database)
     assert code == 0, err
-    assert "migrations applied: [1, 2]" in out
+    assert "migrations applied: [1, 2, 3]" in out
 
 
 async def test_status_reports_checkpoint_head_and_lag_as_json(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=80)
-    code, _, err = await run_once("run", "--core-url", devnet.url, "--database-url", database,
-                                  "--from-height", "1", "--to-height", "60",
-                                  "--metrics-addr", "127.0.0.1:0")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        devnet.url,
+        "--database-url",
+        database,
+        "--from-height",
+        "1",
+        "--to-height",
+        "60",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
     assert code == 0, err
-    code, out, err = await run_once("status", "--json", "--core-url", devnet.url,
-                                    "--database-url", database)
+    code, out, err = await run_once(
+        "status", "--json", "--core-url", devnet.url, "--database-url", database
+    )
     report = json.loads(out)
     assert report["checkpoint"]["height"] == 60
     assert report["node_head"] == 80
     assert report["lag_blocks"] == 20
     assert report["leader"] is None
+    skipped = report["ledger"]["plays_skipped_by_reason"]
+    assert sum(skipped.values()) == report["ledger"]["plays_skipped"] > 0
     # The devnet's blocks are dated 2026-01-01 onwards: far behind the clock.
     assert code == 1 and report["ok"] is False
 
@@ -125,8 +176,18 @@ async def test_two_consumers_hand_over_when_the_leader_is_killed(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=100, block_interval_s=0.02, max_height=400)
-    args = ("--core-url", devnet.url, "--database-url", database, "--from-height", "1",
-            "--to-height", "400", "--lease-retry-s", "0.2")
+    args = (
+        "--core-url",
+        devnet.url,
+        "--database-url",
+        database,
+        "--from-height",
+        "1",
+        "--to-height",
+        "400",
+        "--lease-retry-s",
+        "0.2",
+    )
     first = await start_consumer(*args)
     await eventually(lambda: _leader(first), timeout_s=20)
     second = await start_consumer(*args)
@@ -151,10 +212,14 @@ async def _standby(consumer: object) -> bool:
 
 
 async def test_demo_runs_by_itself_and_prints_a_summary() -> None:
-    code, out, err = await run_once("demo", "--blocks", "300", "--height", "200",
-                                    "--block-interval-s", "0.01", timeout_s=180)
+    code, out, err = await run_once(
+        "demo", "--blocks", "300", "--height", "200", "--block-interval-s", "0.01", timeout_s=180
+    )
     assert code == 0, err
-    lines = {line.strip().rsplit(None, 1)[0]: line.strip().rsplit(None, 1)[1]
-             for line in out.splitlines() if line.startswith("  ")}
+    lines = {
+        line.strip().rsplit(None, 1)[0]: line.strip().rsplit(None, 1)[1]
+        for line in out.splitlines()
+        if line.startswith("  ")
+    }
     assert lines["blocks committed      300 (to height"] == "300)"
     assert int(lines["rows in plays"]) == int(lines["plays written"]) > 0

@@ -205,7 +205,10 @@ def test_zero_padded_track_id_within_int32_is_accepted() -> None:
 def test_track_id_that_is_not_an_integer_skips_the_play(track_id: str) -> None:
     decoded = decode_play(make_play(track_id=track_id))
 
-    assert decoded.txs == (DecodedTx(0, "HASH0", (), 1),)
+    assert [(tx.tx_index, tx.tx_hash, tx.plays, tx.skipped) for tx in decoded.txs] == [
+        (0, "HASH0", (), 1)
+    ]
+    assert decoded.txs[0].skip_reasons == decoded.skipped
     assert decoded.skipped == {SkipReason.TRACK_ID_NOT_INTEGER: 1}
 
 
@@ -215,7 +218,10 @@ def test_track_id_that_is_not_an_integer_skips_the_play(track_id: str) -> None:
 def test_track_id_outside_int32_skips_the_play(track_id: str) -> None:
     decoded = decode_play(make_play(track_id=track_id))
 
-    assert decoded.txs == (DecodedTx(0, "HASH0", (), 1),)
+    assert [(tx.tx_index, tx.tx_hash, tx.plays, tx.skipped) for tx in decoded.txs] == [
+        (0, "HASH0", (), 1)
+    ]
+    assert decoded.txs[0].skip_reasons == decoded.skipped
     assert decoded.skipped == {SkipReason.TRACK_ID_OUT_OF_RANGE: 1}
 
 
@@ -324,7 +330,10 @@ def test_play_needing_the_block_time_in_a_block_without_one_is_skipped(
 ) -> None:
     decoded = decode_play(make_play(timestamp=timestamp), block_time=(0, 0))
 
-    assert decoded.txs == (DecodedTx(0, "HASH0", (), 1),)
+    assert [(tx.tx_index, tx.tx_hash, tx.plays, tx.skipped) for tx in decoded.txs] == [
+        (0, "HASH0", (), 1)
+    ]
+    assert decoded.txs[0].skip_reasons == decoded.skipped
     assert decoded.skipped == {SkipReason.NO_TIMESTAMP: 1}
     assert decoded.repaired == {}
 
@@ -447,7 +456,10 @@ def test_plays_transaction_whose_plays_are_all_skipped_still_yields_a_ledger_ent
 
     decoded = decode_block(make_block(data))
 
-    assert decoded.txs == (DecodedTx(0, "HASH0", (), 2),)
+    assert [(tx.tx_index, tx.tx_hash, tx.plays, tx.skipped) for tx in decoded.txs] == [
+        (0, "HASH0", (), 2)
+    ]
+    assert decoded.txs[0].skip_reasons == decoded.skipped
     assert decoded.skipped == {
         SkipReason.TRACK_ID_NOT_INTEGER: 1,
         SkipReason.TRACK_ID_OUT_OF_RANGE: 1,
@@ -654,3 +666,13 @@ def test_unreadable_envelope_without_a_hash_is_quarantined_under_its_sha256() ->
     decoded = decode_block(block)
 
     assert decoded.quarantined[0].tx_hash == sha256_upper(b"\x0a\xff")
+
+
+def test_skip_reasons_are_kept_per_transaction() -> None:
+    first = plays_tx(make_play(track_id="abc"), make_play(track_id="1"))
+    second = plays_tx(make_play(track_id="99999999999"))
+    decoded = decode_block(make_block(first, second))
+    assert [dict(tx.skip_reasons) for tx in decoded.txs] == [
+        {SkipReason.TRACK_ID_NOT_INTEGER: 1},
+        {SkipReason.TRACK_ID_OUT_OF_RANGE: 1},
+    ]

@@ -32,10 +32,18 @@ async def discovery(empty_database: str) -> AsyncIterator[str]:
     yield empty_database
 
 
-async def consume(url: str, database: str, stop: asyncio.Event | None = None,
-                  metrics: Metrics | None = None, **overrides: Any) -> Runner:
-    runner = Runner(make_settings(url, database, **overrides),
-                    metrics or Metrics(CollectorRegistry()), stop or asyncio.Event())
+async def consume(
+    url: str,
+    database: str,
+    stop: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
+    **overrides: Any,
+) -> Runner:
+    runner = Runner(
+        make_settings(url, database, **overrides),
+        metrics or Metrics(CollectorRegistry()),
+        stop or asyncio.Event(),
+    )
     await runner.run()
     return runner
 
@@ -43,8 +51,9 @@ async def consume(url: str, database: str, stop: asyncio.Event | None = None,
 async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
     async with await psycopg.AsyncConnection.connect(database) as conn:
         rows = await plays_rows(conn)
-    return Counter({r: n for r, n in rows.items() if r[4] is None or
-                    not str(r[4]).startswith("legacy-")})
+    return Counter(
+        {r: n for r, n in rows.items() if r[4] is None or not str(r[4]).startswith("legacy-")}
+    )
 
 
 async def assert_aggregates_exact(database: str) -> None:
@@ -98,25 +107,30 @@ async def test_a_second_runner_stands_by_while_the_first_holds_the_lock(
     devnet = await devnet_factory(height=50)
     leader_metrics, standby_metrics = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     stop_leader, stop_standby = asyncio.Event(), asyncio.Event()
-    leader = asyncio.create_task(consume(devnet.url, discovery, stop_leader, leader_metrics,
-                                         from_height=1))
+    leader = asyncio.create_task(
+        consume(devnet.url, discovery, stop_leader, leader_metrics, from_height=1)
+    )
     await eventually(lambda: leader_metrics.registry.get_sample_value("core_plays_is_leader"))
-    standby = asyncio.create_task(consume(devnet.url, discovery, stop_standby, standby_metrics,
-                                          from_height=1))
+    standby = asyncio.create_task(
+        consume(devnet.url, discovery, stop_standby, standby_metrics, from_height=1)
+    )
     await asyncio.sleep(0)  # let it reach the lock
-    await eventually(lambda: leader_metrics.registry.get_sample_value(
-        "core_plays_processed_height") == 50)
+    await eventually(
+        lambda: leader_metrics.registry.get_sample_value("core_plays_processed_height") == 50
+    )
     await devnet.advance(10)
-    await eventually(lambda: leader_metrics.registry.get_sample_value(
-        "core_plays_processed_height") == 60)
+    await eventually(
+        lambda: leader_metrics.registry.get_sample_value("core_plays_processed_height") == 60
+    )
     assert standby_metrics.registry.get_sample_value("core_plays_is_leader") == 0
     assert standby_metrics.registry.get_sample_value("core_plays_blocks_total") == 0
     stop_leader.set()
     await leader
     await eventually(lambda: standby_metrics.registry.get_sample_value("core_plays_is_leader"))
     await devnet.advance(10)
-    await eventually(lambda: standby_metrics.registry.get_sample_value(
-        "core_plays_processed_height") == 70)
+    await eventually(
+        lambda: standby_metrics.registry.get_sample_value("core_plays_processed_height") == 70
+    )
     stop_standby.set()
     await standby
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 70)
@@ -138,8 +152,9 @@ async def test_another_writer_in_plays_does_not_disturb_the_consumer(
                 )
                 await asyncio.sleep(0)
 
-    await asyncio.gather(legacy_writer(), consume(devnet.url, discovery, from_height=1,
-                                                  to_height=300, max_blocks=10))
+    await asyncio.gather(
+        legacy_writer(), consume(devnet.url, discovery, from_height=1, to_height=300, max_blocks=10)
+    )
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 300)
     await assert_aggregates_exact(discovery)
 

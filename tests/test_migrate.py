@@ -39,8 +39,13 @@ async def test_a_fresh_database_gets_plays_and_the_core_plays_schema(empty_datab
         )
         tables = [r[0] for r in await cur.fetchall()]
     assert applied == [m.version for m in migrations()]
-    assert tables == ["core_plays.checkpoint", "core_plays.migrations", "core_plays.quarantine",
-                      "core_plays.tx_ledger", "public.plays"]
+    assert tables == [
+        "core_plays.checkpoint",
+        "core_plays.migrations",
+        "core_plays.quarantine",
+        "core_plays.tx_ledger",
+        "public.plays",
+    ]
 
 
 async def test_migrating_twice_applies_nothing_the_second_time(empty_database: str) -> None:

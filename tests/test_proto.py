@@ -25,9 +25,14 @@ def test_committed_generated_code_matches_the_proto_files(tmp_path: Path) -> Non
     written = gen.generate(tmp_path)  # type: ignore[attr-defined]
     committed = ROOT / "consumer" / "_pb"
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in written}
-    current = {p.relative_to(committed): p.read_bytes() for p in committed.rglob("*.py*")
-               if p.relative_to(committed) != Path("__init__.py")}
-    assert sorted(map(str, current)) == sorted(map(str, fresh)), "files differ: run scripts/gen_proto.py"
+    current = {
+        p.relative_to(committed): p.read_bytes()
+        for p in committed.rglob("*.py*")
+        if p.relative_to(committed) != Path("__init__.py")
+    }
+    assert sorted(map(str, current)) == sorted(map(str, fresh)), (
+        "files differ: run scripts/gen_proto.py"
+    )
     stale = [str(name) for name, data in fresh.items() if current[name] != data]
     assert not stale, f"stale generated code, run scripts/gen_proto.py: {stale}"
 
@@ -37,7 +42,9 @@ def test_view_of_a_block_reads_the_same_bytes_as_the_full_message() -> None:
         plays=types_pb2.TrackPlays(plays=[types_pb2.TrackPlay(user_id="1", track_id="2")])
     )
     block = types_pb2.Block(
-        height=7, hash="AB", chain_id="c",
+        height=7,
+        hash="AB",
+        chain_id="c",
         transactions=[types_pb2.Transaction(hash="T", transaction=signed)],
     )
     view = view_pb2.BlockView.FromString(block.SerializeToString())
@@ -58,7 +65,14 @@ def test_field_numbers_follow_the_wire_document() -> None:
     assert numbers["plays"] == 1000
     assert numbers["mediorum_operation"] == 1012
     play = {f.name: f.number for f in types_pb2.TrackPlay.DESCRIPTOR.fields}
-    assert play == {"user_id": 1, "track_id": 2, "timestamp": 3, "signature": 4, "city": 5,
-                    "region": 6, "country": 7}
+    assert play == {
+        "user_id": 1,
+        "track_id": 2,
+        "timestamp": 3,
+        "signature": 4,
+        "city": 5,
+        "region": 6,
+        "country": 7,
+    }
     status = {f.name: f.number for f in types_pb2.GetStatusResponse.DESCRIPTOR.fields}
     assert status["chain_info"] == 4

@@ -23,8 +23,15 @@ def play(track: int, user: int | None = 7) -> PlayRow:
 
 
 def block(height: int, *txs: DecodedTx, quarantined: tuple[Quarantined, ...] = ()) -> DecodedBlock:
-    return DecodedBlock(height=height, hash=f"H{height}", chain_id=CHAIN, time=T0, txs=txs,
-                        quarantined=quarantined, tx_types={"plays": len(txs)})
+    return DecodedBlock(
+        height=height,
+        hash=f"H{height}",
+        chain_id=CHAIN,
+        time=T0,
+        txs=txs,
+        quarantined=quarantined,
+        tx_types={"plays": len(txs)},
+    )
 
 
 def tx(index: int, tx_hash: str, *tracks: int) -> DecodedTx:
@@ -37,8 +44,9 @@ async def conn(database: str) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]
         yield c
 
 
-def sink_on(conn: psycopg.AsyncConnection[TupleRow], rewind: bool = False,
-            stream: str = "live") -> PlaysSink:
+def sink_on(
+    conn: psycopg.AsyncConnection[TupleRow], rewind: bool = False, stream: str = "live"
+) -> PlaysSink:
     return PlaysSink(conn, CHAIN, stream, start_height=1, rewind=rewind)
 
 
@@ -51,9 +59,13 @@ async def test_batch_writes_plays_ledger_and_checkpoint(conn: Any) -> None:
     result = await sink_on(conn).write([block(1, tx(0, "A", 10, 11)), block(2, tx(0, "B", 12))])
     assert result.plays_written == 3
     assert await rows(conn, "SELECT play_item_id, slot, source FROM plays ORDER BY id") == [
-        (10, 1, "relay"), (11, 1, "relay"), (12, 2, "relay")]
-    assert await rows(conn, "SELECT tx_hash, play_count FROM core_plays.tx_ledger "
-                            "ORDER BY block_height") == [("A", 2), ("B", 1)]
+        (10, 1, "relay"),
+        (11, 1, "relay"),
+        (12, 2, "relay"),
+    ]
+    assert await rows(
+        conn, "SELECT tx_hash, play_count FROM core_plays.tx_ledger ORDER BY block_height"
+    ) == [("A", 2), ("B", 1)]
     checkpoint = await read_checkpoint(conn, CHAIN, "live")
     assert checkpoint is not None
     assert (checkpoint.height, checkpoint.block_hash, checkpoint.block_time) == (2, "H2", T0)
@@ -98,7 +110,9 @@ async def test_anonymous_and_boundary_ids_are_stored_as_given(conn: Any) -> None
     txs = DecodedTx(0, "A", (play(2**31 - 1, None), play(-(2**31), -(2**31))), 0)
     await sink_on(conn).write([block(1, txs)])
     assert await rows(conn, "SELECT user_id, play_item_id FROM plays ORDER BY id") == [
-        (None, 2**31 - 1), (-(2**31), -(2**31))]
+        (None, 2**31 - 1),
+        (-(2**31), -(2**31)),
+    ]
 
 
 async def test_a_transaction_whose_plays_were_all_skipped_is_still_in_the_ledger(
@@ -106,7 +120,8 @@ async def test_a_transaction_whose_plays_were_all_skipped_is_still_in_the_ledger
 ) -> None:
     await sink_on(conn).write([block(1, DecodedTx(0, "A", (), 3))])
     assert await rows(conn, "SELECT play_count, skipped_count FROM core_plays.tx_ledger") == [
-        (0, 3)]
+        (0, 3)
+    ]
     assert await rows(conn, "SELECT count(*) FROM plays") == [(0,)]
 
 
@@ -151,15 +166,20 @@ async def test_quarantined_bytes_are_stored_once_across_replays(conn: Any) -> No
     bad = Quarantined(1, "BAD", b"\xff\x00garbage", "truncated")
     whole = Quarantined(-1, "BLOCK", b"\x01\x02", "block envelope: error")
     sink = sink_on(conn)
-    first = await sink.write([block(7, tx(0, "A", 1), quarantined=(bad,)),
-                              block(8, quarantined=(whole,))])
+    first = await sink.write(
+        [block(7, tx(0, "A", 1), quarantined=(bad,)), block(8, quarantined=(whole,))]
+    )
     second = await sink.write([block(7, tx(0, "A", 1), quarantined=(bad,))])
     assert dict(first.quarantined) == {"transaction": 1, "block": 1}
     assert not second.quarantined
-    assert await rows(conn, "SELECT block_height, tx_index, tx_hash, data, error "
-                            "FROM core_plays.quarantine ORDER BY block_height") == [
+    assert await rows(
+        conn,
+        "SELECT block_height, tx_index, tx_hash, data, error "
+        "FROM core_plays.quarantine ORDER BY block_height",
+    ) == [
         (7, 1, "BAD", b"\xff\x00garbage", "truncated"),
-        (8, -1, "BLOCK", b"\x01\x02", "block envelope: error")]
+        (8, -1, "BLOCK", b"\x01\x02", "block envelope: error"),
+    ]
 
 
 async def test_an_empty_block_still_moves_the_checkpoint(conn: Any) -> None:
@@ -178,3 +198,13 @@ async def test_a_dropped_connection_is_reported_as_retryable(database: str) -> N
         await sink_on(conn).write([block(1, tx(0, "A", 1))])
     assert raised.value.retryable
     await conn.close()
+
+
+async def test_the_ledger_keeps_skip_reasons_per_transaction(conn: Any) -> None:
+    from consumer.model import SkipReason
+
+    skipped = DecodedTx(0, "A", (play(1),), 2, {SkipReason.TRACK_ID_NOT_INTEGER: 2})
+    await sink_on(conn).write([block(1, skipped, tx(1, "B", 2))])
+    assert await rows(
+        conn, "SELECT tx_hash, skip_reasons FROM core_plays.tx_ledger ORDER BY tx_index"
+    ) == [("A", {"track_id_not_integer": 2}), ("B", None)]
