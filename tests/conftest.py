@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -89,6 +90,17 @@ def empty_database() -> Iterator[str]:
     yield db_url(name)
     with _admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").read_text()
+
+
+@pytest.fixture
+def discovery(empty_database: str) -> str:
+    """A database shaped like a live discovery/api one: plays with history and on_play."""
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
+    return empty_database
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from consumer.devnet import DevChain
@@ -20,16 +17,7 @@ from consumer.runner import Runner
 from tests.conftest import DevnetFactory, eventually, make_settings
 from tests.reference import expected_rows, plays_rows
 
-DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").read_text()
 LEGACY_ROWS = 500
-
-
-@pytest_asyncio.fixture
-async def discovery(empty_database: str) -> AsyncIterator[str]:
-    """A database shaped like a live discovery/api one, with history and on_play."""
-    async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
-        await conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
-    yield empty_database
 
 
 async def consume(

@@ -39,6 +39,7 @@ class Faults:
     stream_unimplemented: bool = False  # an older node without StreamBlocks
     unavailable_calls: int = 0  # the next N calls answer UNAVAILABLE
     abort_stream_every: int = 0  # end each stream with ABORTED after N blocks
+    repeat_every: int = 0  # in streams, send every Nth block twice (a duplicated delivery)
     delay_s: float = 0.0  # every reply waits this long first
     head_behind: int = 0  # report a head this many blocks lower (a lagging replica)
     stream_concurrency: int = 0  # >0: more concurrent streams get RESOURCE_EXHAUSTED
@@ -96,12 +97,16 @@ class DevnetServer:
             "devnet serving %s chain %s at height %d", self.url, self.chain.spec.chain_id, self.head
         )
 
-    async def stop(self, grace_s: float | None = None) -> None:
+    async def stop_growing(self) -> None:
+        """Freeze the chain at its current head (the timer stops producing blocks)."""
         if self._grow_task is not None:
             self._grow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._grow_task
             self._grow_task = None
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.stop_growing()
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
@@ -255,6 +260,11 @@ class DevnetServer:
                     yield view_pb2.StreamBlocksResponseView(
                         block=self.chain.block_bytes(height, canon=request.canon)
                     )
+                    repeat = self.faults.repeat_every
+                    if repeat and height % repeat == 0:
+                        yield view_pb2.StreamBlocksResponseView(
+                            block=self.chain.block_bytes(height, canon=request.canon)
+                        )
                     height += 1
                     sent += 1
         finally:
