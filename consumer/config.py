@@ -200,7 +200,7 @@ class Settings:
                 values[opt.section][opt.dest] = raw
         sink = values["sink"]
         flag_url = getattr(args, "database_url", None)
-        if flag_url and "password" in _conninfo_params(flag_url):
+        if flag_url and _conninfo_params(flag_url).get("password"):
             raise ConfigError(
                 "--database-url carries a password, which would show in `ps`: pass it in "
                 "CORE_PLAYS_DATABASE_PASSWORD or --database-password-file instead"

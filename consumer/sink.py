@@ -13,16 +13,20 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.errors import SinkUnavailable
-from consumer.model import Checkpoint, DecodedBlock
+from consumer.model import Checkpoint, DecodedBlock, Quarantined
 
 __all__ = ["BatchResult", "PlaysSink", "read_checkpoint"]
+
+# PostgreSQL refusing a value rather than failing: retrying the same rows can
+# never succeed, so these isolate the transaction instead of retrying.
+_REFUSED = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
 
 _INSERT_LEDGER = """
 INSERT INTO core_plays.tx_ledger
@@ -86,6 +90,21 @@ class BatchResult:
     repaired: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
 
+    def merge(self, other: BatchResult) -> None:
+        """Fold a later batch's result into this one (used when a batch is split)."""
+        self.blocks += other.blocks
+        self.height = other.height
+        self.block_time = other.block_time
+        self.plays_written += other.plays_written
+        self.duplicates += other.duplicates
+        for mine, theirs in (
+            (self.tx_types, other.tx_types),
+            (self.skipped, other.skipped),
+            (self.repaired, other.repaired),
+            (self.quarantined, other.quarantined),
+        ):
+            mine.update(theirs)
+
 
 async def read_checkpoint(
     conn: psycopg.AsyncConnection[TupleRow], chain_id: str, stream: str
@@ -120,16 +139,56 @@ class PlaysSink:
         self.rewind = rewind
 
     async def write(self, batch: list[DecodedBlock]) -> BatchResult:
-        """Write the batch and move the checkpoint to its last block, atomically."""
+        """Write the batch and move the checkpoint to its last block, atomically.
+
+        If PostgreSQL refuses a value (a string too long for an index on plays,
+        say), the batch is written again block by block, and the refused
+        transactions are quarantined instead of wedging the chain.
+        """
         started = time.perf_counter()
         try:
-            result = await self._write(batch)
+            try:
+                result = await self._write(batch)
+            except _REFUSED:
+                result = await self._write_isolating(batch)
         except psycopg.OperationalError as exc:
             raise SinkUnavailable(
                 f"writing blocks {batch[0].height}..{batch[-1].height}: {exc}"
             ) from exc
         result.seconds = time.perf_counter() - started
         return result
+
+    async def _write_isolating(self, batch: list[DecodedBlock]) -> BatchResult:
+        total = BatchResult()
+        for block in batch:
+            try:
+                result = await self._write([block])
+            except _REFUSED:
+                result = await self._write([await self._without_refused(block)])
+            total.merge(result)
+        return total
+
+    async def _without_refused(self, block: DecodedBlock) -> DecodedBlock:
+        """The block with each transaction PostgreSQL refuses moved to quarantine.
+
+        Each plays transaction is tried alone in a transaction that is always
+        rolled back; the raw bytes are not at hand here, so the quarantine row
+        keeps the hash (the node still has the transaction) and the error.
+        """
+        kept, refused = [], []
+        for tx in block.txs:
+            try:
+                async with self.conn.transaction(force_rollback=True):
+                    await self._insert_plays(
+                        [replace(block, txs=(tx,))], {(block.height, tx.tx_index)}
+                    )
+                kept.append(tx)
+            except _REFUSED as exc:
+                message = (exc.diag.message_primary or str(exc)).strip()
+                refused.append(
+                    Quarantined(tx.tx_index, tx.tx_hash, b"", f"refused by PostgreSQL: {message}")
+                )
+        return replace(block, txs=tuple(kept), quarantined=(*block.quarantined, *refused))
 
     async def _write(self, batch: list[DecodedBlock]) -> BatchResult:
         chain = self.chain_id

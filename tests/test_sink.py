@@ -208,3 +208,21 @@ async def test_the_ledger_keeps_skip_reasons_per_transaction(conn: Any) -> None:
     assert await rows(
         conn, "SELECT tx_hash, skip_reasons FROM core_plays.tx_ledger ORDER BY tx_index"
     ) == [("A", {"track_id_not_integer": 2}), ("B", None)]
+
+
+async def test_a_transaction_postgresql_refuses_is_quarantined_and_the_rest_written(
+    conn: Any,
+) -> None:
+    huge = DecodedTx(1, "HUGE", (PlayRow(7, 5, T0, "s" * 10**6, "", "", ""),), 0)
+    batch = [block(1, tx(0, "A", 10)), block(2, tx(0, "B", 20), huge, tx(2, "C", 30))]
+    result = await sink_on(conn).write(batch)
+    assert result.plays_written == 3
+    assert dict(result.quarantined) == {"transaction": 1}
+    assert await rows(conn, "SELECT play_item_id FROM plays ORDER BY id") == [(10,), (20,), (30,)]
+    assert await rows(
+        conn, "SELECT block_height, tx_index, tx_hash FROM core_plays.quarantine"
+    ) == [(2, 1, "HUGE")]
+    checkpoint = await read_checkpoint(conn, CHAIN, "live")
+    assert checkpoint is not None and checkpoint.height == 2
+    again = await sink_on(conn).write(batch)
+    assert (again.plays_written, dict(again.quarantined)) == (0, {})
