@@ -9,7 +9,7 @@ from typing import Any
 from consumer.config import Settings
 from consumer.errors import ConsumerError
 from consumer.lease import lock_key
-from consumer.migrate import apply_migrations, check_plays_schema
+from consumer.migrate import prepare_database
 from consumer.runner import connect_database
 from consumer.source import CoreClient
 
@@ -29,8 +29,7 @@ async def migrate_command(settings: Settings) -> list[int]:
     sink = settings.sink
     conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
     try:
-        applied = await apply_migrations(conn)
-        await check_plays_schema(conn)
+        applied = await prepare_database(conn, sink.safe_url)
     finally:
         await conn.close()
     print(f"migrations applied: {applied or 'none (up to date)'}")

@@ -15,9 +15,16 @@ from importlib import resources
 import psycopg
 from psycopg.rows import TupleRow
 
-from consumer.errors import SchemaMismatch
+from consumer.errors import ConfigError, SchemaMismatch
 
-__all__ = ["PLAYS_COLUMNS", "Migration", "apply_migrations", "check_plays_schema", "migrations"]
+__all__ = [
+    "PLAYS_COLUMNS",
+    "Migration",
+    "apply_migrations",
+    "check_plays_schema",
+    "migrations",
+    "prepare_database",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,21 @@ async def apply_migrations(conn: psycopg.AsyncConnection[TupleRow]) -> list[int]
             applied_now.append(migration.version)
             log.info("applied migration %04d_%s", migration.version, migration.name)
     return applied_now
+
+
+async def prepare_database(conn: psycopg.AsyncConnection[TupleRow], safe_url: str) -> list[int]:
+    """Migrate and check, as `run` and `migrate` both do; a missing privilege is a
+    configuration error that names what to grant."""
+    try:
+        applied = await apply_migrations(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"the database user cannot create the core_plays schema at {safe_url}: "
+            f"{exc.diag.message_primary}; grant CREATE on the database or run "
+            "`plays-consumer migrate` as its owner"
+        ) from None
+    await check_plays_schema(conn)
+    return applied
 
 
 async def check_plays_schema(conn: psycopg.AsyncConnection[TupleRow]) -> None:

@@ -41,7 +41,7 @@ from consumer.errors import (
 )
 from consumer.lease import Lease
 from consumer.metrics import Metrics
-from consumer.migrate import apply_migrations, check_plays_schema
+from consumer.migrate import prepare_database
 from consumer.model import Checkpoint, DecodedBlock
 from consumer.sink import BatchResult, PlaysSink, read_checkpoint
 from consumer.source import CoreClient, CoreSource, NodeInfo
@@ -186,14 +186,7 @@ class Runner:
             sink.conninfo, sink.safe_url, sink.connect_timeout_s, self.stop
         )
         try:
-            await apply_migrations(conn)
-            await check_plays_schema(conn)
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise ConfigError(
-                f"the database user cannot create the core_plays schema at {sink.safe_url}: "
-                f"{exc.diag.message_primary}; grant CREATE on the database or run "
-                "`plays-consumer migrate` as its owner"
-            ) from None
+            await prepare_database(conn, sink.safe_url)
         finally:
             await conn.close()
         self.db_ok = True

