@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 __all__ = ["HttpServer", "Readiness"]
 
@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 # Returns (ready, reason): the reason is shown to whoever probes /readyz.
 Readiness = Callable[[], tuple[bool, str]]
 
+# The classic text format: every Prometheus 2.x parses it, and our names and
+# labels are plain ASCII, so nothing the newer 1.0.0 format adds is needed.
+_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
@@ -83,7 +86,7 @@ class HttpServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"GET only\n"
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, _METRICS_CONTENT_TYPE, generate_latest(self.registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":

@@ -223,3 +223,20 @@ async def test_demo_runs_by_itself_and_prints_a_summary() -> None:
     }
     assert lines["blocks committed      300 (to height"] == "300)"
     assert int(lines["rows in plays"]) == int(lines["plays written"]) > 0
+
+
+async def test_json_logs_are_one_object_per_line_and_never_show_the_password(
+    devnet: object, database: str
+) -> None:
+    code, _, err = await run_once(
+        "run", "--core-url", devnet.url, "--database-url", database,  # type: ignore[attr-defined]
+        "--from-height", "1", "--to-height", "40", "--log-format", "json",
+        "--metrics-addr", "127.0.0.1:0", env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-hidden"},
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    messages = " | ".join(r["message"] for r in records)
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert "starting core-plays-consumer" in messages
+    assert "writer lock" in messages and "stopped cleanly" in messages
+    assert "pw-hidden" not in err

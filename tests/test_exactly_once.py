@@ -194,3 +194,36 @@ async def test_a_replay_below_the_checkpoint_leaves_the_live_checkpoint_in_place
         cur = await conn.execute("SELECT height FROM core_plays.checkpoint WHERE stream='live'")
         assert await cur.fetchone() == (200,)
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 200)
+
+
+async def test_a_leader_whose_session_is_killed_stops_writing_and_one_writer_remains(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=30)
+    first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(consume(devnet.url, discovery, stop, m, from_height=1))
+             for m in (first, second)]
+
+    def leaders() -> float:
+        return sum(m.registry.get_sample_value("core_plays_is_leader") or 0
+                   for m in (first, second))
+
+    await eventually(lambda: leaders() == 1)
+    leader = first if first.registry.get_sample_value("core_plays_is_leader") else second
+    async with await psycopg.AsyncConnection.connect(discovery, autocommit=True) as conn:
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_locks "
+                           "WHERE locktype = 'advisory' AND granted "
+                           "AND database = (SELECT oid FROM pg_database "
+                           "WHERE datname = current_database())")
+    await eventually(lambda: (leader.registry.get_sample_value("core_plays_db_errors_total")
+                              or 0) >= 1)
+    await eventually(lambda: leaders() == 1)
+    await devnet.advance(30)
+    await eventually(lambda: any(m.registry.get_sample_value("core_plays_processed_height")
+                                 == 60 for m in (first, second)))
+    assert leaders() == 1
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 60)
+    await assert_aggregates_exact(discovery)
