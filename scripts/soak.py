@@ -101,13 +101,13 @@ async def soak(args: argparse.Namespace) -> int:
     admin = args.database_url
     name = f"cpc_soak_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     database = make_conninfo(admin, dbname=name)
     try:
         async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
             await apply_migrations(conn)
         params = conninfo_to_dict(admin)
-        proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+        proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port") or 5432))
         await proxy.start()
         spec = ChainSpec(seed=args.seed, genesis_time_s=int(time.time()) - args.blocks)
         devnet = DevnetServer(DevChain(spec), height=args.blocks)
@@ -136,7 +136,7 @@ async def soak(args: argparse.Namespace) -> int:
         return 0 if code == 0 and exact else 1
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def sample_until_exit(consumer: ConsumerProcess, every_s: float) -> list[Sample]:

@@ -99,7 +99,7 @@ DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").rea
 def discovery(empty_database: str) -> str:
     """A database shaped like a live discovery/api one: plays with history and on_play."""
     with psycopg.connect(empty_database, autocommit=True) as conn:
-        conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
+        conn.execute(DISCOVERY_SQL)
     return empty_database
 
 
@@ -154,14 +154,18 @@ async def devnet(devnet_factory: DevnetFactory) -> DevnetServer:
 
 def make_settings(core_url: str, database_url: str, **overrides: Any) -> Settings:
     """Settings for an in-process run: short timeouts, no fixed ports."""
-    source = {
+    source: dict[str, Any] = {
         "core_url": core_url,
         "connect_timeout_s": 5.0,
         "retry_cap_s": 0.5,
         "head_refresh_s": 0.5,
         "poll_interval_s": 0.05,
     }
-    sink = {"database_url": database_url, "lease_retry_s": 0.2, "connect_timeout_s": 5.0}
+    sink: dict[str, Any] = {
+        "database_url": database_url,
+        "lease_retry_s": 0.2,
+        "connect_timeout_s": 5.0,
+    }
     batch: dict[str, Any] = {}
     http: dict[str, Any] = {"metrics_addr": "127.0.0.1:0"}
     top: dict[str, Any] = {}

@@ -7,8 +7,9 @@ import signal
 
 import psycopg
 
+from consumer.devnet import DevnetServer
 from tests.conftest import DevnetFactory, eventually
-from tests.procs import run_once, start_consumer
+from tests.procs import ConsumerProcess, run_once, start_consumer
 from tests.reference import expected_rows, plays_rows
 
 
@@ -30,16 +31,16 @@ async def test_sigterm_at_the_tip_exits_zero_with_the_checkpoint_matching_the_ro
         assert await plays_rows(conn) == expected_rows(devnet.chain, 1, height)
 
 
-async def _processed_at_least(consumer: object, height: int) -> bool:
-    value = await consumer.sample("core_plays_processed_height")  # type: ignore[attr-defined]
+async def _processed_at_least(consumer: ConsumerProcess, height: int) -> bool:
+    value = await consumer.sample("core_plays_processed_height")
     return value is not None and value >= height
 
 
-async def test_to_height_ends_the_run_with_exit_zero(devnet: object, database: str) -> None:
+async def test_to_height_ends_the_run_with_exit_zero(devnet: DevnetServer, database: str) -> None:
     code, _, err = await run_once(
         "run",
         "--core-url",
-        devnet.url,  # type: ignore[attr-defined]
+        devnet.url,
         "--database-url",
         database,
         "--from-height",
@@ -52,10 +53,10 @@ async def test_to_height_ends_the_run_with_exit_zero(devnet: object, database: s
     assert code == 0, err
 
 
-async def test_environment_variables_configure_the_run(devnet: object, database: str) -> None:
+async def test_environment_variables_configure_the_run(devnet: DevnetServer, database: str) -> None:
     env = {
         "CORE_PLAYS_CORE_URL": devnet.url,
-        "CORE_PLAYS_DATABASE_URL": database,  # type: ignore[attr-defined]
+        "CORE_PLAYS_DATABASE_URL": database,
         "CORE_PLAYS_FROM_HEIGHT": "1",
         "CORE_PLAYS_TO_HEIGHT": "30",
         "CORE_PLAYS_METRICS_ADDR": "127.0.0.1:0",
@@ -68,12 +69,12 @@ async def test_environment_variables_configure_the_run(devnet: object, database:
 
 
 async def test_an_unreachable_database_is_one_line_naming_it_without_the_password(
-    devnet: object,
+    devnet: DevnetServer,
 ) -> None:
     code, _, err = await run_once(
         "run",
         "--core-url",
-        devnet.url,  # type: ignore[attr-defined]
+        devnet.url,
         "--database-url",
         "postgresql://app@127.0.0.1:1/plays",
         "--connect-timeout-s",
@@ -107,11 +108,11 @@ async def test_an_unreachable_node_is_one_line_naming_its_url(database: str) -> 
     assert "Traceback" not in err
 
 
-async def test_a_password_in_the_database_url_flag_is_refused(devnet: object) -> None:
+async def test_a_password_in_the_database_url_flag_is_refused(devnet: DevnetServer) -> None:
     code, _, err = await run_once(
         "run",
         "--core-url",
-        devnet.url,  # type: ignore[attr-defined]
+        devnet.url,
         "--database-url",
         "postgresql://u:hunter2@127.0.0.1/db",
     )
@@ -202,12 +203,12 @@ async def test_two_consumers_hand_over_when_the_leader_is_killed(
         assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 400)
 
 
-async def _leader(consumer: object) -> bool:
-    return await consumer.sample("core_plays_is_leader") == 1  # type: ignore[attr-defined]
+async def _leader(consumer: ConsumerProcess) -> bool:
+    return await consumer.sample("core_plays_is_leader") == 1
 
 
-async def _standby(consumer: object) -> bool:
-    status, body = await consumer.get("/readyz")  # type: ignore[attr-defined]
+async def _standby(consumer: ConsumerProcess) -> bool:
+    status, body = await consumer.get("/readyz")
     return status == 200 and "standby" in body
 
 
@@ -226,12 +227,23 @@ async def test_demo_runs_by_itself_and_prints_a_summary() -> None:
 
 
 async def test_json_logs_are_one_object_per_line_and_never_show_the_password(
-    devnet: object, database: str
+    devnet: DevnetServer, database: str
 ) -> None:
     code, _, err = await run_once(
-        "run", "--core-url", devnet.url, "--database-url", database,  # type: ignore[attr-defined]
-        "--from-height", "1", "--to-height", "40", "--log-format", "json",
-        "--metrics-addr", "127.0.0.1:0", env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-hidden"},
+        "run",
+        "--core-url",
+        devnet.url,
+        "--database-url",
+        database,
+        "--from-height",
+        "1",
+        "--to-height",
+        "40",
+        "--log-format",
+        "json",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-hidden"},
     )
     assert code == 0, err
     records = [json.loads(line) for line in err.splitlines() if line.strip()]

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import time
+from functools import partial
 
 import psycopg
 
@@ -49,7 +50,7 @@ async def test_repeated_sigkills_at_random_moments_leave_exactly_the_chains_play
     heights = []
     for _ in range(KILLS):
         consumer = await start_consumer(*args)  # resumes from the checkpoint alone
-        await eventually(lambda c=consumer: _started(c), timeout_s=30)
+        await eventually(partial(_started, consumer), timeout_s=30)
         await asyncio.sleep(rng.uniform(0.0, 1.5))
         consumer.signal(signal.SIGKILL)
         assert await consumer.wait() == -signal.SIGKILL

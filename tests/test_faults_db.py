@@ -21,7 +21,7 @@ from tests.test_faults_node import Consumer, assert_rows_exact
 @pytest_asyncio.fixture
 async def db_proxy() -> AsyncIterator[TcpProxy]:
     params = conninfo_to_dict(ADMIN_URL)
-    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port") or 5432))
     await proxy.start()
     yield proxy
     await proxy.stop()

@@ -69,7 +69,7 @@ async def test_concurrent_migrations_apply_each_version_once(empty_database: str
 
 async def test_an_existing_plays_table_is_left_exactly_as_it_was(empty_database: str) -> None:
     async with await connect(empty_database) as conn:
-        await conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
+        await conn.execute(DISCOVERY_SQL)
         before = await (await conn.execute(PLAYS_SHAPE)).fetchone()
         await apply_migrations(conn)
         await check_plays_schema(conn)
@@ -82,8 +82,8 @@ async def test_a_plays_table_without_a_written_column_is_refused_by_name(
     empty_database: str, column: str
 ) -> None:
     async with await connect(empty_database) as conn:
-        await conn.execute(DISCOVERY_SQL)  # type: ignore[arg-type]
-        await conn.execute(f"ALTER TABLE plays DROP COLUMN {column}")  # type: ignore[arg-type]
+        await conn.execute(DISCOVERY_SQL)
+        await conn.execute(f"ALTER TABLE plays DROP COLUMN {column}")
         await apply_migrations(conn)
         with pytest.raises(SchemaMismatch, match=column):
             await check_plays_schema(conn)

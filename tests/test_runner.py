@@ -47,7 +47,7 @@ async def run_consumer(
 
 async def query(database: str, sql: str) -> list[tuple[Any, ...]]:
     async with await psycopg.AsyncConnection.connect(database) as conn:
-        cur = await conn.execute(sql)  # type: ignore[arg-type]
+        cur = await conn.execute(sql)
         return await cur.fetchall()
 
 

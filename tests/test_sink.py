@@ -51,7 +51,7 @@ def sink_on(
 
 
 async def rows(conn: psycopg.AsyncConnection[TupleRow], sql: str) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(sql)  # type: ignore[arg-type]
+    cur = await conn.execute(sql)
     return await cur.fetchall()
 
 
