@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -25,7 +25,10 @@ from consumer.errors import ConfigError, ConsumerError
 from consumer.http import HttpServer
 from consumer.logs import setup_logging
 from consumer.metrics import Metrics
-from consumer.runner import Runner
+from consumer.runner import Runner, connect_database
+
+if TYPE_CHECKING:
+    from consumer.backfill import GapReport
 
 __all__ = ["build_parser", "main"]
 
@@ -74,11 +77,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(devnet, _LOGGING)
 
+    _add_backfill_commands(sub)
+
     demo = sub.add_parser("demo", help="embedded PostgreSQL + devnet + run, with progress")
     _add_devnet_options(demo, height=1000, interval=0.02)
     demo.add_argument("--blocks", type=int, default=2000, help="stop after this many blocks")
     add_options(demo, _LOGGING)
     return parser
+
+
+def _add_backfill_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    database = ("database-url", "database-password-file", "connect-timeout-s", *_LOGGING)
+    plan = sub.add_parser(
+        "backfill-plan",
+        help="split heights [FROM, TO) into parts to backfill side by side",
+        description="Print one `run` flag line per part. --from/--to are half-open, [A, B); "
+        "the printed --from-height/--to-height pairs are inclusive, as `run` takes them.",
+    )
+    plan.add_argument("--from", dest="plan_from", type=int, required=True, metavar="A")
+    plan.add_argument(
+        "--to",
+        dest="plan_to",
+        type=int,
+        required=True,
+        metavar="B",
+        help="first height NOT filled, e.g. the live stream's start_height",
+    )
+    plan.add_argument("--parts", type=int, required=True, metavar="N")
+    plan.add_argument(
+        "--index",
+        type=int,
+        metavar="I",
+        help="print only part I (0-based, as JOB_COMPLETION_INDEX) as `run` flags",
+    )
+    plan.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --index: start after that part's checkpoint if it has one (reads the database)",
+    )
+    plan.add_argument("--json", action="store_true", help="print the parts as JSON")
+    add_options(plan, database)
+
+    gaps = sub.add_parser(
+        "gaps", help="heights that no checkpoint stream covers (exit 1 if there are any)"
+    )
+    gaps.add_argument("--chain-id", help="default: the only chain with checkpoints")
+    gaps.add_argument(
+        "--from-height",
+        dest="gaps_from",
+        type=int,
+        metavar="N",
+        help="default: the lowest stream start",
+    )
+    gaps.add_argument(
+        "--to-height",
+        dest="gaps_to",
+        type=int,
+        metavar="M",
+        help="inclusive; default: the --stream checkpoint (live), else the highest stream",
+    )
+    gaps.add_argument(
+        "--ledger-quiet-blocks",
+        type=int,
+        metavar="K",
+        help="also fail on K or more heights in a row without a play transaction in the ledger",
+    )
+    gaps.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(gaps, ("stream", *database))
 
 
 def _add_devnet_options(
@@ -129,8 +194,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from consumer.demo import run_demo
 
         return asyncio.run(run_demo(args))
+    if command == "backfill-plan" and not args.resume:
+        return _backfill_plan(args, None)  # pure arithmetic: no settings, no database
     settings = Settings.from_args(args, os.environ)
     setup_logging(settings.log_format, settings.log_level)
+    if command == "backfill-plan":
+        return _backfill_plan(args, settings)
+    if command == "gaps":
+        from consumer.backfill import format_gaps
+
+        found = asyncio.run(_gaps(args, settings))
+        print(format_gaps(found, as_json=args.json))
+        return 0 if found.ok else 1
     if command == "migrate":
         from consumer.admin import migrate_command
 
@@ -144,6 +219,43 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     asyncio.run(run_command(settings))
     return 0
+
+
+def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
+    from consumer.backfill import format_plan, plan_parts, resume_height
+
+    plan = plan_parts(args.plan_from, args.plan_to, args.parts)
+    if args.index is None:
+        if args.resume:
+            raise ConfigError("--resume needs --index")
+        print(format_plan(plan, as_json=args.json))
+        return 0
+    if not 0 <= args.index < len(plan):
+        raise ConfigError(f"--index must be 0..{len(plan) - 1}, got {args.index}")
+    part = plan[args.index]
+    start = None
+    if settings is not None:
+        sink = settings.sink
+
+        async def resume() -> int:
+            conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+            async with conn:
+                return await resume_height(conn, part)
+
+        start = asyncio.run(resume())
+    print(" ".join(part.run_args(start)))
+    return 0
+
+
+async def _gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
+    from consumer.backfill import find_gaps
+
+    sink = settings.sink
+    conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    async with conn:
+        return await find_gaps(
+            conn, args.chain_id, args.gaps_from, args.gaps_to, sink.stream, args.ledger_quiet_blocks
+        )
 
 
 async def run_command(settings: Settings, registry: CollectorRegistry | None = None) -> None:
