@@ -29,7 +29,7 @@ DASHBOARD = DEPLOY / "grafana" / "core-plays-consumer.json"
 RUNBOOK = DEPLOY / "RUNBOOK.md"
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
-RUNBOOK_URL = re.compile(r"^https://\S+/README\.md#(runbook-[a-z0-9-]+)$")
+RUNBOOK_URL = re.compile(r"^https://\S+/deploy/RUNBOOK\.md#(runbook-[a-z0-9-]+)$")
 METRIC_NAME = re.compile(rf"\b{PREFIX}[a-z0-9_]*[a-z0-9]\b")
 # A PromQL label matcher: name, operator, quoted value.
 LABEL_MATCHER = re.compile(r'\b([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
@@ -226,7 +226,7 @@ def test_every_runbook_url_points_at_its_runbook_section() -> None:
     for rule in _alert_rules():
         name = rule["alert"]
         match = RUNBOOK_URL.match(rule["annotations"]["runbook_url"])
-        assert match, f"{name}: runbook_url is not a README.md#runbook-… link"
+        assert match, f"{name}: runbook_url is not a deploy/RUNBOOK.md#runbook-… link"
         assert match.group(1) == f"runbook-{name.lower()}", name
         assert match.group(1) in anchors, f"{name}: no anchor in {RUNBOOK.name}"
         assert name in headings, f"{name}: no section in {RUNBOOK.name}"
