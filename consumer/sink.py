@@ -1,11 +1,19 @@
 """Writes decoded blocks and the checkpoint in one PostgreSQL transaction.
 
-Exactly-once is the ledger's job: a batch first inserts one ledger row per
-play transaction with ON CONFLICT DO NOTHING RETURNING, then inserts plays
-only for the transactions that came back. A replay, an overlapping backfill,
-a restart mid-batch or the same block in another transaction order therefore
-never reaches plays (and its on_play trigger) twice. Every statement is
-set-based over arrays sent in binary (`%b`), one round trip per table.
+Exactly-once is the ledger's job: a batch inserts one ledger row per play
+transaction with ON CONFLICT DO NOTHING RETURNING, and plays go in only for the
+transactions that came back. A replay, an overlapping backfill, a restart
+mid-batch or the same block in another transaction order therefore never
+reaches plays (and its on_play trigger) twice.
+
+The write path is the fastest set-based one measured on these machines: the
+batch's transactions and plays go by binary COPY into two temporary staging
+tables (ON COMMIT DELETE ROWS, so they are empty again after every commit and
+after every rollback), then ONE statement inserts the ledger rows and, joined on
+exactly the ledger rows that came back, the plays, in chain order so that `id`
+follows the chain. The client never waits for the ledger's answer before
+sending the plays, and COPY costs a third of the client CPU of `unnest` over
+arrays (whose list dumper is pure Python).
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
+from psycopg.copy import AsyncLibpqWriter
 from psycopg.rows import TupleRow
 
 from consumer.errors import SinkUnavailable
@@ -28,24 +38,52 @@ __all__ = ["BatchResult", "PlaysSink", "read_checkpoint"]
 # never succeed, so these isolate the transaction instead of retrying.
 _REFUSED = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
 
-_INSERT_LEDGER = """
-INSERT INTO core_plays.tx_ledger
-    (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, skip_reasons)
-SELECT %(chain)s, h, i, x, p, s, r::jsonb
-FROM unnest(%(heights)b::bigint[], %(indexes)b::int[], %(hashes)b::text[],
-            %(plays)b::int[], %(skipped)b::int[], %(reasons)b::text[]) AS t(h, i, x, p, s, r)
-ON CONFLICT DO NOTHING
-RETURNING block_height, tx_index
+# Created once per session (the lease's connection), always named with pg_temp
+# so that no table of the same name elsewhere on the search path can stand in.
+# `k` numbers the batch's transactions, `n` its plays in chain order.
+_CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_batch_txs (
+    k int NOT NULL, h bigint NOT NULL, i int NOT NULL, x text NOT NULL,
+    p int NOT NULL, s int NOT NULL, r text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_batch_plays (
+    n int NOT NULL, k int NOT NULL, u int, t int NOT NULL, c timestamp NOT NULL,
+    g text NOT NULL, ci text NOT NULL, r text NOT NULL, co text NOT NULL
+) ON COMMIT DELETE ROWS
 """
+_COPY_TXS = "COPY pg_temp.core_plays_batch_txs (k, h, i, x, p, s, r) FROM STDIN (FORMAT BINARY)"
+_TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text")
+# The column order after (n, k) is PlayRow's, so a staged row is (n, k) + play.
+_COPY_PLAYS = (
+    "COPY pg_temp.core_plays_batch_plays (n, k, u, t, c, g, ci, r, co) FROM STDIN (FORMAT BINARY)"
+)
+# psycopg sends COPY data when 1 MB is buffered, so the server would wait for a
+# whole batch to be formatted; flushing every 64 KB lets it store rows meanwhile.
+_COPY_FLUSH_BYTES = 64 * 1024
+_PLAY_TYPES = ("int4", "int4", "int4", "int4", "timestamp", "text", "text", "text", "text")
 
-_INSERT_PLAYS = """
-INSERT INTO plays (user_id, source, play_item_id, created_at, updated_at, slot,
-                   signature, city, region, country)
-SELECT u, 'relay', t, c, now(), h, g, ci, r, co
-FROM unnest(%(users)b::int[], %(tracks)b::int[], %(created)b::timestamp[],
-            %(heights)b::int[], %(signatures)b::text[], %(cities)b::text[],
-            %(regions)b::text[], %(countries)b::text[])
-     AS p(u, t, c, h, g, ci, r, co)
+# The ledger rows go in first, in batch order (so the first of two transactions
+# claiming one position wins, as it would in two batches); plays are joined on
+# the full ledger key including the hash, so only the transaction whose ledger
+# row was written brings its plays.
+_INSERT_LEDGER_AND_PLAYS = """
+WITH new AS (
+    INSERT INTO core_plays.tx_ledger
+        (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, skip_reasons)
+    SELECT %(chain)s, h, i, x, p, s, r::jsonb FROM pg_temp.core_plays_batch_txs ORDER BY k
+    ON CONFLICT DO NOTHING
+    RETURNING block_height, tx_index, tx_hash
+), written AS (
+    INSERT INTO plays (user_id, source, play_item_id, created_at, updated_at, slot,
+                       signature, city, region, country)
+    SELECT p.u, 'relay', p.t, p.c, now(), t.h, p.g, p.ci, p.r, p.co
+    FROM pg_temp.core_plays_batch_plays p
+    JOIN pg_temp.core_plays_batch_txs t ON t.k = p.k
+    JOIN new ON new.block_height = t.h AND new.tx_index = t.i AND new.tx_hash = t.x
+    ORDER BY p.n
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM written)
 """
 
 _INSERT_QUARANTINE = """
@@ -137,6 +175,7 @@ class PlaysSink:
         self.stream = stream
         self.start_height = start_height
         self.rewind = rewind
+        self._staging_ready = False
 
     async def write(self, batch: list[DecodedBlock]) -> BatchResult:
         """Write the batch and move the checkpoint to its last block, atomically.
@@ -147,6 +186,10 @@ class PlaysSink:
         """
         started = time.perf_counter()
         try:
+            if not self._staging_ready:
+                # In a transaction of its own: a rolled-back batch must not take the tables.
+                await self.conn.execute(_CREATE_STAGING)
+                self._staging_ready = True
             try:
                 result = await self._write(batch)
             except _REFUSED:
@@ -179,9 +222,7 @@ class PlaysSink:
         for tx in block.txs:
             try:
                 async with self.conn.transaction(force_rollback=True):
-                    await self._insert_plays(
-                        [replace(block, txs=(tx,))], {(block.height, tx.tx_index)}
-                    )
+                    await self._insert(_stage([replace(block, txs=(tx,))]))
                 kept.append(tx)
             except _REFUSED as exc:
                 message = (exc.diag.message_primary or str(exc)).strip()
@@ -191,70 +232,14 @@ class PlaysSink:
         return replace(block, txs=tuple(kept), quarantined=(*block.quarantined, *refused))
 
     async def _write(self, batch: list[DecodedBlock]) -> BatchResult:
-        chain = self.chain_id
-        result = BatchResult(blocks=len(batch), height=batch[-1].height, block_time=batch[-1].time)
-        heights, indexes, hashes, play_counts, skipped = [], [], [], [], []
-        reasons: list[str | None] = []
-        q_heights, q_indexes, q_hashes, q_data, q_errors = [], [], [], [], []
-        for block in batch:
-            result.tx_types.update(block.tx_types)
-            result.skipped.update(block.skipped)
-            result.repaired.update(block.repaired)
-            for tx in block.txs:
-                heights.append(block.height)
-                indexes.append(tx.tx_index)
-                hashes.append(tx.tx_hash)
-                play_counts.append(len(tx.plays))
-                skipped.append(tx.skipped)
-                reasons.append(json.dumps(tx.skip_reasons) if tx.skip_reasons else None)
-            for q in block.quarantined:
-                q_heights.append(block.height)
-                q_indexes.append(q.tx_index)
-                q_hashes.append(q.tx_hash)
-                q_data.append(q.data)
-                q_errors.append(q.error)
-
-        conn = self.conn
-        async with conn.transaction():
-            new_txs: set[tuple[int, int]] = set()
-            if hashes:
-                cur = await conn.execute(
-                    _INSERT_LEDGER,
-                    {
-                        "chain": chain,
-                        "heights": heights,
-                        "indexes": indexes,
-                        "hashes": hashes,
-                        "plays": play_counts,
-                        "skipped": skipped,
-                        "reasons": reasons,
-                    },
-                )
-                # Keyed by position, not hash: the same transaction twice in one
-                # batch comes back once, so its plays are written once.
-                new_txs = {(h, i) for h, i in await cur.fetchall()}
-                result.duplicates = len(hashes) - len(new_txs)
-            if new_txs:
-                result.plays_written = await self._insert_plays(batch, new_txs)
-            if q_hashes:
-                cur = await conn.execute(
-                    _INSERT_QUARANTINE,
-                    {
-                        "chain": chain,
-                        "heights": q_heights,
-                        "indexes": q_indexes,
-                        "hashes": q_hashes,
-                        "data": q_data,
-                        "errors": q_errors,
-                    },
-                )
-                for (index,) in await cur.fetchall():
-                    result.quarantined["block" if index == -1 else "transaction"] += 1
+        staged = _stage(batch)
+        async with self.conn.transaction():
+            await self._insert(staged)
             last = batch[-1]
-            await conn.execute(
+            await self.conn.execute(
                 _UPSERT_CHECKPOINT,
                 {
-                    "chain": chain,
+                    "chain": self.chain_id,
                     "stream": self.stream,
                     "start": self.start_height,
                     "height": last.height,
@@ -263,40 +248,100 @@ class PlaysSink:
                     "rewind": self.rewind,
                 },
             )
-        return result
+        return staged.result
 
-    async def _insert_plays(self, batch: list[DecodedBlock], new_txs: set[tuple[int, int]]) -> int:
-        users, tracks, created, heights = [], [], [], []
-        signatures, cities, regions, countries = [], [], [], []
-        for block in batch:
-            height = block.height
-            for tx in block.txs:
-                key = (height, tx.tx_index)
-                if key not in new_txs:
-                    continue
-                new_txs.discard(key)  # a block repeated inside one batch writes once
-                for play in tx.plays:
-                    users.append(play.user_id)
-                    tracks.append(play.play_item_id)
-                    created.append(play.created_at)
-                    heights.append(height)
-                    signatures.append(play.signature)
-                    cities.append(play.city)
-                    regions.append(play.region)
-                    countries.append(play.country)
-        if not tracks:
-            return 0
-        await self.conn.execute(
-            _INSERT_PLAYS,
-            {
-                "users": users,
-                "tracks": tracks,
-                "created": created,
-                "heights": heights,
-                "signatures": signatures,
-                "cities": cities,
-                "regions": regions,
-                "countries": countries,
-            },
-        )
-        return len(tracks)
+    async def _insert(self, staged: _Staged) -> None:
+        """Ledger, plays and quarantine rows of a staged batch, inside the caller's transaction."""
+        conn = self.conn
+        result = staged.result
+        if staged.txs:
+            async with conn.cursor() as cur:
+                await _copy(cur, _COPY_TXS, _TX_TYPES, staged.txs)
+                if staged.plays:
+                    await _copy(cur, _COPY_PLAYS, _PLAY_TYPES, staged.plays)
+                # Planned every time (prepare=False): a plan cached while following
+                # the tip, for staging tables of one block, would be reused for
+                # batches of thousands of rows after a later catch-up.
+                await cur.execute(_INSERT_LEDGER_AND_PLAYS, {"chain": self.chain_id}, prepare=False)
+                row = await cur.fetchone()
+            assert row is not None
+            new_txs, result.plays_written = row
+            result.duplicates = staged.occurrences - new_txs
+        if staged.quarantined:
+            heights, indexes, hashes, data, errors = zip(*staged.quarantined, strict=True)
+            cur = await conn.execute(
+                _INSERT_QUARANTINE,
+                {
+                    "chain": self.chain_id,
+                    "heights": list(heights),
+                    "indexes": list(indexes),
+                    "hashes": list(hashes),
+                    "data": list(data),
+                    "errors": list(errors),
+                },
+            )
+            for (index,) in await cur.fetchall():
+                result.quarantined["block" if index == -1 else "transaction"] += 1
+
+
+_TxRow = tuple[int, int, int, str, int, int, str | None]  # k, height, tx_index, hash, ...
+_QuarantineRow = tuple[int, int, str, bytes, str]  # height, tx_index, hash, data, error
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A batch as the rows its statements send, with the counts that need no database."""
+
+    result: BatchResult
+    txs: list[_TxRow] = field(default_factory=list)
+    plays: list[tuple[object, ...]] = field(default_factory=list)  # (n, k) + PlayRow
+    quarantined: list[_QuarantineRow] = field(default_factory=list)
+    occurrences: int = 0  # play transactions in the batch, repeats included
+
+
+def _stage(batch: list[DecodedBlock]) -> _Staged:
+    """Flatten a batch into staging rows: pure CPU, done before any round trip."""
+    staged = _Staged(BatchResult(len(batch), batch[-1].height, batch[-1].time))
+    result = staged.result
+    txs, plays = staged.txs, staged.plays
+    seen: set[tuple[int, int, str]] = set()
+    for block in batch:
+        # Most blocks have nothing to count: skipping the empty updates is
+        # measurable when catching up through empty blocks.
+        if block.tx_types:
+            result.tx_types.update(block.tx_types)
+        if block.skipped:
+            result.skipped.update(block.skipped)
+        if block.repaired:
+            result.repaired.update(block.repaired)
+        height = block.height
+        for tx in block.txs:
+            staged.occurrences += 1
+            key = (height, tx.tx_index, tx.tx_hash)
+            if key in seen:
+                continue  # the same block twice in one batch: its plays once
+            seen.add(key)
+            k = len(txs)
+            reasons = json.dumps(tx.skip_reasons) if tx.skip_reasons else None
+            txs.append((k, height, tx.tx_index, tx.tx_hash, len(tx.plays), tx.skipped, reasons))
+            n = len(plays)
+            plays.extend([(n + j, k, *play) for j, play in enumerate(tx.plays)])
+        for q in block.quarantined:
+            staged.quarantined.append((height, q.tx_index, q.tx_hash, q.data, q.error))
+    return staged
+
+
+async def _copy(
+    cur: psycopg.AsyncCursor[TupleRow],
+    statement: str,
+    types: Sequence[str],
+    rows: Sequence[Sequence[object]],
+) -> None:
+    """COPY `rows` in binary; psycopg formats each row in C, a third of the CPU of
+    dumping the same values as arrays for `unnest`."""
+    writer = AsyncLibpqWriter(cur, flush_threshold=_COPY_FLUSH_BYTES)
+    async with cur.copy(statement, writer=writer) as copy:
+        copy.set_types(list(types))
+        write_row = copy.write_row
+        for row in rows:
+            await write_row(row)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 _SERVICE = "/core.v1.CoreService/"
 MAX_WINDOW = 500  # GetBlocks refuses more heights per call
+# About this many reply bytes per GetBlocks call (see _WindowSizer), and the heights
+# asked for before any block size is known.
+_WINDOW_BYTES = 2 * 1024 * 1024
+_FIRST_WINDOW = 32
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -245,6 +250,8 @@ class CoreSource:
         self.streaming_supported = settings.mode != "poll"
         self._on_mode = on_mode or (lambda mode: None)
         self._head = 0
+        # Kept across reconnects: what a block of this chain weighs is still true.
+        self._sizer = _WindowSizer(min(settings.poll_window, MAX_WINDOW))
 
     async def head(self) -> int:
         head = await self.client.head()
@@ -344,62 +351,129 @@ class CoreSource:
 
     async def _poll(self, start: int, end: int | None) -> AsyncGenerator[Block, None]:
         """Windows of GetBlocks, several in flight; yields in height order and stops
-        at the first height the node does not have yet ("not yet", never skipped)."""
+        at the first height the node does not have yet ("not yet", never skipped).
+
+        A sliding window: while the oldest reply is being yielded (and decoded and
+        written downstream), the next `poll_concurrency - 1` calls are already on
+        the wire, and a new one goes out as soon as one is used up. Calls go out
+        only from here, between yields, so a consumer that stops reading stops the
+        fetching too: in-flight memory is at most `poll_concurrency` windows,
+        each sized by `_WindowSizer` to about `_WINDOW_BYTES`.
+        """
         settings = self.settings
-        window = min(settings.poll_window, MAX_WINDOW)
-        next_height = start
+        sizer = self._sizer
+        inflight: deque[_Call] = deque()
+        next_height = start  # the next height to yield
+        next_fetch = start  # the next height to ask for
         if self._head < next_height:
             await self.head()
-        while end is None or next_height <= end:
-            if (
-                self.settings.mode == "auto"
-                and self.streaming_supported
-                and self._use_stream(next_height)
-            ):
-                return  # near the tip: hand over to the canonical stream
-            last = self._head if end is None else min(self._head, end)
-            if next_height > last:
-                await asyncio.sleep(settings.poll_interval_s)
-                await self.head()
-                continue
-            ranges: list[list[int]] = []
-            low = next_height
-            while low <= last and len(ranges) < settings.poll_concurrency:
-                high = min(low + window - 1, last)
-                ranges.append(list(range(low, high + 1)))
-                low = high + 1
-            started = time.monotonic()
-            replies = await asyncio.gather(*(self.client.blocks_raw(r) for r in ranges))
-            fetched = sum(len(blocks) for blocks, _ in replies)
-            if fetched:
-                per_block = (time.monotonic() - started) / fetched
-                for _ in range(fetched):
-                    self.metrics.block_fetch_seconds.observe(per_block)
-            for _, head in replies:
-                self._note_head(head)
-            for heights, (blocks, _) in zip(ranges, replies, strict=True):
-                for height in heights:
-                    raw = blocks.get(height)
-                    if raw is None:
-                        break
-                    block = parse_block(raw, height)
-                    if block.error == "" and block.height != height:
-                        block = Block(
-                            height,
-                            "",
-                            "",
-                            0,
-                            0,
-                            (),
-                            raw=raw,
-                            error=f"envelope says height {block.height}",
-                        )
-                    yield block
-                    next_height = height + 1
-                else:
+        try:
+            while end is None or next_height <= end:
+                if (
+                    settings.mode == "auto"
+                    and self.streaming_supported
+                    and self._use_stream(next_height)
+                ):
+                    return  # near the tip: hand over to the canonical stream
+                last = self._poll_limit(end)
+                while len(inflight) < settings.poll_concurrency and next_fetch <= last:
+                    high = min(next_fetch + sizer.size() - 1, last)
+                    heights = list(range(next_fetch, high + 1))
+                    reply = asyncio.ensure_future(self.client.blocks_raw(heights))
+                    inflight.append(_Call(next_fetch, high, time.monotonic(), reply))
+                    next_fetch = high + 1
+                if not inflight:
+                    await asyncio.sleep(settings.poll_interval_s)
+                    await self.head()
                     continue
-                break
-            if next_height <= last:
-                # The node did not have a height it reported: wait, never skip.
-                await asyncio.sleep(settings.poll_interval_s)
-                await self.head()
+                call = inflight.popleft()
+                blocks, head = await call.reply
+                self._note_head(head)
+                sizer.observe(sum(map(len, blocks.values())), len(blocks))
+                self._observe_fetch(time.monotonic() - call.sent, len(blocks))
+                for height in range(call.low, call.high + 1):
+                    raw = blocks.pop(height, None)  # pop: memory goes as blocks are used
+                    if raw is None:
+                        # The node did not have a height it reported: wait, never skip,
+                        # and ask again from there (later replies are past the gap).
+                        await _cancel(inflight)
+                        next_fetch = height
+                        await asyncio.sleep(settings.poll_interval_s)
+                        await self.head()
+                        break
+                    yield _checked_block(raw, height)
+                    next_height = height + 1
+        finally:
+            await _cancel(inflight)
+
+    def _poll_limit(self, end: int | None) -> int:
+        """The last height worth asking for now: the head, the end, and in auto
+        mode the height where the stream takes over."""
+        last = self._head if end is None else min(self._head, end)
+        if self.settings.mode == "auto" and self.streaming_supported:
+            last = min(last, self._head - self.settings.catchup_threshold_blocks)
+        return last
+
+    def _observe_fetch(self, seconds: float, blocks: int) -> None:
+        if blocks:
+            per_block = seconds / blocks
+            observe = self.metrics.block_fetch_seconds.observe
+            for _ in range(blocks):
+                observe(per_block)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One GetBlocks call in flight, for heights low..high."""
+
+    low: int
+    high: int
+    sent: float
+    reply: asyncio.Future[tuple[dict[int, bytes], int]]
+
+
+async def _cancel(calls: deque[_Call]) -> None:
+    """Cancel calls in flight and collect them, so no error is left unretrieved."""
+    for call in calls:
+        call.reply.cancel()
+    await asyncio.gather(*(call.reply for call in calls), return_exceptions=True)
+    calls.clear()
+
+
+def _checked_block(raw: bytes, height: int) -> Block:
+    """The block at `height`, or an error block if its envelope names another height."""
+    block = parse_block(raw, height)
+    if block.error == "" and block.height != height:
+        return Block(
+            height, "", "", 0, 0, (), raw=raw, error=f"envelope says height {block.height}"
+        )
+    return block
+
+
+class _WindowSizer:
+    """Heights per GetBlocks call, so that one reply carries about `target_bytes`.
+
+    Blocks range from ~150 bytes (empty) to hundreds of KB (thousands of plays):
+    a fixed count of heights is either slow on an empty chain or hundreds of MB
+    in flight on a busy one. The block size estimate rises at once (the next
+    window must not be huge) and falls gradually (one quiet window among busy
+    ones must not bring a 500-block request).
+    """
+
+    def __init__(self, limit: int, target_bytes: int = _WINDOW_BYTES) -> None:
+        self.limit = limit
+        self.target_bytes = target_bytes
+        self._block_bytes = 0.0  # not known until the first reply
+
+    def size(self) -> int:
+        if self._block_bytes <= 0:
+            return min(self.limit, _FIRST_WINDOW)
+        return max(1, min(self.limit, int(self.target_bytes / self._block_bytes)))
+
+    def observe(self, total_bytes: int, blocks: int) -> None:
+        if blocks:
+            per_block = total_bytes / blocks
+            if per_block >= self._block_bytes:
+                self._block_bytes = per_block
+            else:
+                self._block_bytes = (self._block_bytes + per_block) / 2

@@ -197,6 +197,26 @@ async def test_poll_mode_keeps_several_get_blocks_calls_in_flight(metrics: Metri
     assert heights(blocks) == list(range(1, 101))
 
 
+async def test_poll_mode_asks_for_fewer_heights_per_call_when_blocks_are_big(
+    metrics: Metrics,
+) -> None:
+    """Thousands of plays per block: a 500-height window would be ~80 MB per call."""
+    devnet = GetBlocksRecorder(DevChain(ChainSpec(profile=Profile.BUSY)), height=120)
+    async with devnet, open_source(devnet, metrics, source_mode="poll") as source:
+        blocks = await collect(source, 1, 120)
+    assert heights(blocks) == list(range(1, 121))
+    assert max(len(request) for request in devnet.requests) <= 32
+
+
+async def test_poll_mode_widens_its_windows_to_poll_window_when_blocks_are_small(
+    metrics: Metrics,
+) -> None:
+    devnet = GetBlocksRecorder(DevChain(ChainSpec(profile=Profile.EMPTY)), height=3000)
+    async with devnet, open_source(devnet, metrics, source_mode="poll") as source:
+        await collect(source, 1, 3000)
+    assert max(len(request) for request in devnet.requests) == 500
+
+
 # --- faults -----------------------------------------------------------------------
 
 
