@@ -357,8 +357,12 @@ async def test_gaps_with_the_ledger_finds_heights_a_jumped_stream_only_claims(
 ) -> None:
     devnet = await devnet_factory(height=300)
     await consume(devnet.url, database, from_height=1, to_height=100)
-    # Restarted with --from-height past its own checkpoint: the row now claims 1..300.
-    await consume(devnet.url, database, from_height=201, to_height=300)
+    # A checkpoint that claims heights it never wrote (run refuses a --from-height
+    # above its checkpoint, but a hand edit or an older version could do this).
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute("UPDATE core_plays.checkpoint SET height = 200, block_hash = %s",
+                           (devnet.chain.block_hash(200),))
+    await consume(devnet.url, database, to_height=300)
     quiet_blocks = _longest_run_without_play_txs(devnet.chain, 1, 300) + 1
     async with await psycopg.AsyncConnection.connect(database) as conn:
         report = await find_gaps(conn, quiet_blocks=quiet_blocks)

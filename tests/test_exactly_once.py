@@ -227,3 +227,30 @@ async def test_a_leader_whose_session_is_killed_stops_writing_and_one_writer_rem
     await asyncio.gather(*tasks)
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 60)
     await assert_aggregates_exact(discovery)
+
+
+async def test_a_from_height_above_the_checkpoint_is_refused_rather_than_leaving_a_gap(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    from consumer.errors import ConfigError
+
+    devnet = await devnet_factory(height=120)
+    await consume(devnet.url, discovery, from_height=1, to_height=50)
+    before = await new_plays(discovery)
+    with pytest.raises(ConfigError, match=r"heights 51\.\.79 would never be written"):
+        await consume(devnet.url, discovery, from_height=80, to_height=120)
+    assert await new_plays(discovery) == before
+
+
+async def test_a_stop_while_waiting_for_the_node_to_reach_the_checkpoint_ends_the_run(
+    devnet_factory: DevnetFactory, discovery: str
+) -> None:
+    devnet = await devnet_factory(height=50)
+    await consume(devnet.url, discovery, from_height=1, to_height=50)
+    devnet.faults.head_behind = 100  # a node restored from an older snapshot
+    stop, metrics = asyncio.Event(), Metrics(CollectorRegistry())
+    task = asyncio.create_task(consume(devnet.url, discovery, stop, metrics))
+    await eventually(lambda: metrics.registry.get_sample_value("core_plays_is_leader") == 1)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
