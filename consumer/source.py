@@ -307,6 +307,9 @@ class CoreSource:
         return self._head - next_height < self.settings.catchup_threshold_blocks
 
     async def _stream(self, start: int, end: int | None) -> AsyncGenerator[Block, None]:
+        log.info(
+            "streaming blocks from height %d from %s (canonical order)", start, self.client.url
+        )
         expected = start
         fetch = self.metrics.block_fetch_seconds
         waited = time.monotonic()
@@ -360,6 +363,7 @@ class CoreSource:
         fetching too: in-flight memory is at most `poll_concurrency` windows,
         each sized by `_WindowSizer` to about `_WINDOW_BYTES`.
         """
+        log.info("polling GetBlocks from height %d on %s", start, self.client.url)
         settings = self.settings
         sizer = self._sizer
         inflight: deque[_Call] = deque()
