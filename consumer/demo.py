@@ -105,6 +105,17 @@ async def _show_progress(registry: CollectorRegistry, blocks: int, started: floa
         print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
 
 
+def _by_reason(registry: CollectorRegistry, counter: str) -> dict[str, int]:
+    """A counter's non-zero values by reason (every reason is exported, most at 0)."""
+    return {
+        s.labels["reason"]: int(s.value)
+        for metric in registry.collect()
+        if metric.name == f"core_plays_{counter}"
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value
+    }
+
+
 async def _summary(registry: CollectorRegistry, url: str, elapsed: float) -> None:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute("SELECT count(*) FROM plays")
@@ -113,20 +124,8 @@ async def _summary(registry: CollectorRegistry, url: str, elapsed: float) -> Non
         cur = await conn.execute("SELECT count(*) FROM core_plays.quarantine")
         row = await cur.fetchone()
         quarantined = row[0] if row else 0
-    skipped = {
-        s.labels["reason"]: int(s.value)
-        for metric in registry.collect()
-        if metric.name == "core_plays_plays_skipped"
-        for s in metric.samples
-        if s.name.endswith("_total")
-    }
-    repaired = {
-        s.labels["reason"]: int(s.value)
-        for metric in registry.collect()
-        if metric.name == "core_plays_plays_repaired"
-        for s in metric.samples
-        if s.name.endswith("_total")
-    }
+    skipped = _by_reason(registry, "plays_skipped")
+    repaired = _by_reason(registry, "plays_repaired")
     print()
     print(f"demo: done in {elapsed:.1f} s")
     print(
