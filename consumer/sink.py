@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
-from psycopg.copy import AsyncLibpqWriter
 from psycopg.rows import TupleRow
 
 from consumer.errors import SinkUnavailable
@@ -57,9 +56,6 @@ _TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text")
 _COPY_PLAYS = (
     "COPY pg_temp.core_plays_batch_plays (n, k, u, t, c, g, ci, r, co) FROM STDIN (FORMAT BINARY)"
 )
-# psycopg sends COPY data when 1 MB is buffered, so the server would wait for a
-# whole batch to be formatted; flushing every 64 KB lets it store rows meanwhile.
-_COPY_FLUSH_BYTES = 64 * 1024
 _PLAY_TYPES = ("int4", "int4", "int4", "int4", "timestamp", "text", "text", "text", "text")
 
 # The ledger rows go in first, in batch order (so the first of two transactions
@@ -339,8 +335,7 @@ async def _copy(
 ) -> None:
     """COPY `rows` in binary; psycopg formats each row in C, a third of the CPU of
     dumping the same values as arrays for `unnest`."""
-    writer = AsyncLibpqWriter(cur, flush_threshold=_COPY_FLUSH_BYTES)
-    async with cur.copy(statement, writer=writer) as copy:
+    async with cur.copy(statement) as copy:
         copy.set_types(list(types))
         write_row = copy.write_row
         for row in rows:

@@ -1,0 +1,79 @@
+"""scripts/bench.py keeps working: its quick mode runs end to end and prints every figure.
+
+No figure is compared with a target here (the machine running the tests is not
+the one the targets are for); the benchmark itself is where speed is judged.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_URL
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")
+# Figures that have no meaning for a profile: an empty chain has no plays to
+# count, cost or compare. The memory slope needs a few samples past warm-up,
+# which a quick run of empty blocks may finish before.
+NOT_APPLICABLE = {
+    "empty": {"CPU s / 1k plays", "ceiling plays/s", "consumer / ceiling"},
+}
+MAY_BE_TOO_SHORT = {"RSS slope MB / 10k blocks"}
+
+
+@pytest.fixture(scope="module")
+def quick_report() -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--database-url", ADMIN_URL],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def table_rows(report: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+@pytest.mark.slow
+def test_quick_mode_reports_every_profile(quick_report: str) -> None:
+    assert set(table_rows(quick_report)) == {"empty", "typical", "busy"}
+
+
+@pytest.mark.slow
+def test_quick_mode_prints_every_figure(quick_report: str) -> None:
+    for profile, row in table_rows(quick_report).items():
+        for column, value in row.items():
+            if column == "profile":
+                continue
+            if column in NOT_APPLICABLE.get(profile, set()) | MAY_BE_TOO_SHORT and value == "n/a":
+                continue
+            assert NUMBER.fullmatch(value), f"{profile}: {column} is {value!r}"
+
+
+@pytest.mark.slow
+def test_quick_mode_names_the_machine_and_the_command(quick_report: str) -> None:
+    assert re.search(r"^machine: \d+ CPUs", quick_report, re.MULTILINE)
+    assert re.search(r"^command: scripts/bench\.py --quick", quick_report, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_quick_mode_backfills_plays_for_the_profiles_that_carry_them(quick_report: str) -> None:
+    rows = table_rows(quick_report)
+    assert rows["empty"]["plays"] == "0"
+    assert int(rows["typical"]["plays"].replace(",", "")) > 0
+    assert int(rows["busy"]["plays"].replace(",", "")) == 300 * 2 * 50
