@@ -9,7 +9,8 @@ from hashlib import sha256
 import pytest
 
 from consumer._pb.core.v1 import types_pb2
-from consumer.decode import decode_block
+from consumer.decode import decode_block, decode_steps
+from consumer.devnet import ChainSpec, DevChain, Profile
 from consumer.model import (
     Block,
     DecodedBlock,
@@ -20,6 +21,7 @@ from consumer.model import (
     RepairReason,
     SkipReason,
 )
+from consumer.source import parse_block
 
 EPOCH = datetime(1970, 1, 1)
 BLOCK_TIME = datetime(2025, 10, 9, 8, 53, 20)
@@ -676,3 +678,31 @@ def test_skip_reasons_are_kept_per_transaction() -> None:
         {SkipReason.TRACK_ID_NOT_INTEGER: 1},
         {SkipReason.TRACK_ID_OUT_OF_RANGE: 1},
     ]
+
+
+# --- decode_steps: the same decode in slices --------------------------------------------
+
+
+def run_steps(block: Block) -> tuple[list[int], DecodedBlock]:
+    steps = decode_steps(block)
+    counts: list[int] = []
+    while True:
+        try:
+            counts.append(next(steps))
+        except StopIteration as done:
+            decoded: DecodedBlock = done.value
+            return counts, decoded
+
+
+@pytest.mark.parametrize("profile", ["typical", "busy"])
+def test_decoding_in_steps_gives_the_block_decoding_whole_gives(profile: str) -> None:
+    chain = DevChain(ChainSpec(profile=Profile(profile), busy_plays_per_tx=150))
+    for height in range(1, 40):
+        block = parse_block(chain.block_bytes(height, canon=True), height)
+        assert run_steps(block)[1] == decode_block(block)
+
+
+def test_a_big_transaction_is_decoded_in_several_steps_counting_its_plays() -> None:
+    counts, decoded = run_steps(make_block(plays_tx(*[make_play() for _ in range(200)])))
+    assert len(counts) > 1
+    assert counts == sorted(counts) and counts[-1] == decoded.play_count == 200
