@@ -213,6 +213,8 @@ class Figures:
     tip_p99_ms: float = math.nan
     tip_max_ms: float = math.nan
     tip_samples: int = 0
+    floor_p50_ms: float = math.nan  # PostgreSQL alone, one tip block per transaction
+    floor_p99_ms: float = math.nan
 
     @property
     def blocks_per_s(self) -> float:
@@ -383,16 +385,47 @@ async def measure_ceiling(
         for chunk in _ceiling_chunks(chain, first, last, batch_plays):
             started = time.perf_counter()
             for ready in chunk:
-                async with conn.transaction():
-                    cur = conn.cursor()
-                    async with cur.copy(_CEILING_COPY) as copy:
-                        copy.set_types(_CEILING_TYPES)
-                        for row in ready.rows:
-                            await copy.write_row(row)
-                    await cur.execute(_CEILING_INSERT, ready.params)
-                    rows_total += cur.rowcount
+                rows_total += await _insert_batch(conn, ready)
             seconds += time.perf_counter() - started
     return rows_total, seconds
+
+
+async def _insert_batch(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], ready: _CeilingBatch
+) -> int:
+    """One ceiling transaction, committed; the plays rows it inserted."""
+    async with conn.transaction():
+        cur = conn.cursor()
+        async with cur.copy(_CEILING_COPY) as copy:
+            copy.set_types(_CEILING_TYPES)
+            for row in ready.rows:
+                await copy.write_row(row)
+        await cur.execute(_CEILING_INSERT, ready.params)
+        return cur.rowcount
+
+
+async def measure_tip_floor(
+    url: str, chain: DevChain, first: int, last: int, interval_s: float
+) -> list[float]:
+    """Milliseconds PostgreSQL alone takes to commit each block first..last.
+
+    The tip's floor: the rows of one block, ready before the clock starts, sent
+    in one transaction by the ceiling's path, one block per interval as at the
+    tip. No client can commit a block faster than its rows can be inserted, so
+    this is the part of the tip latency that is PostgreSQL's, measured on the
+    same machine in the same run.
+    """
+    times: list[float] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(_CEILING_STAGING)
+        for height in range(first, last + 1):
+            block = decode_block(parse_block(chain.block_bytes(height, canon=True), height))
+            ready = _ceiling_batch(chain.spec.chain_id, [block])
+            started = time.perf_counter()
+            await _insert_batch(conn, ready)
+            times.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(max(0.0, interval_s - times[-1] / 1000))
+    return times
 
 
 # --- the consumer as a process ---------------------------------------------------
@@ -544,6 +577,20 @@ async def bench_profile(scenario: Scenario, admin_url: str, tag: str) -> Figures
             )
         if scenario.tip_blocks > 0:
             await follow_tip(scenario, url, figures)
+            if ceiling_url:
+                floor = await measure_tip_floor(
+                    ceiling_url,
+                    DevChain(scenario.spec()),
+                    blocks + 1,
+                    blocks + scenario.tip_blocks,
+                    scenario.tip_interval_s,
+                )
+                figures.floor_p50_ms = percentile(floor, 50)
+                figures.floor_p99_ms = percentile(floor, 99)
+                _progress(
+                    f"{scenario.profile}: PostgreSQL alone commits a tip block in "
+                    f"p50 {figures.floor_p50_ms:.1f} ms, p99 {figures.floor_p99_ms:.1f} ms"
+                )
     return figures
 
 
@@ -619,6 +666,7 @@ COLUMNS = (
     "consumer / ceiling",
     "tip p50 ms",
     "tip p99 ms",
+    "PostgreSQL alone, tip p99 ms",
 )
 
 
@@ -643,6 +691,7 @@ def table(rows: Sequence[Figures]) -> str:
             _fmt(f.ratio, 2),
             _fmt(f.tip_p50_ms, 1),
             _fmt(f.tip_p99_ms, 1),
+            _fmt(f.floor_p99_ms, 1),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -774,7 +823,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{s.profile.value}: {s.describe()}; ceiling over {f.ceiling_rows:,} rows in "
             f"batches of up to {s.ceiling_batch_plays:,} plays; tip {f.tip_samples} blocks "
-            f"every {s.tip_interval_s:g} s (max {_fmt(f.tip_max_ms, 1)} ms); RSS MB at "
+            f"every {s.tip_interval_s:g} s (max {_fmt(f.tip_max_ms, 1)} ms; PostgreSQL alone "
+            f"p50 {_fmt(f.floor_p50_ms, 1)} ms); RSS MB at "
             f"1/4, 1/2, 3/4, all of the blocks {f.rss_marks}, slope from {f.rss_samples} samples"
         )
     print()
