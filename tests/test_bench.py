@@ -21,7 +21,12 @@ NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")
 # count, cost or compare. The memory slope needs a few samples past warm-up,
 # which a quick run of empty blocks may finish before.
 NOT_APPLICABLE = {
-    "empty": {"CPU s / 1k plays", "ceiling plays/s", "consumer / ceiling"},
+    "empty": {
+        "CPU s / 1k plays",
+        "ceiling plays/s",
+        "consumer / ceiling",
+        "PostgreSQL alone, tip p99 ms",
+    },
 }
 MAY_BE_TOO_SHORT = {"RSS slope MB / 10k blocks"}
 
