@@ -67,31 +67,9 @@ CHANNEL = "bench_commit"
 SAMPLE_EVERY_S = 0.02
 _TICKS = os.sysconf("SC_CLK_TCK")
 
-# The aggregate trigger of a discovery database (tests/fixtures/discovery_plays.sql):
-# per inserted row, two upserts into aggregate tables, as the real on_play does.
-AGGREGATE_TRIGGER = """
-CREATE TABLE aggregate_plays (play_item_id integer PRIMARY KEY, count bigint NOT NULL);
-CREATE TABLE aggregate_monthly_plays (
-    play_item_id integer NOT NULL,
-    "timestamp" date NOT NULL,
-    country text NOT NULL DEFAULT '',
-    count integer NOT NULL,
-    PRIMARY KEY (play_item_id, "timestamp", country)
-);
-CREATE FUNCTION on_play() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO aggregate_plays (play_item_id, count) VALUES (NEW.play_item_id, 0)
-    ON CONFLICT DO NOTHING;
-    UPDATE aggregate_plays SET count = count + 1 WHERE play_item_id = NEW.play_item_id;
-    INSERT INTO aggregate_monthly_plays (play_item_id, "timestamp", country, count)
-    VALUES (NEW.play_item_id, date_trunc('month', NEW.created_at), coalesce(NEW.country, ''), 1)
-    ON CONFLICT (play_item_id, "timestamp", country)
-    DO UPDATE SET count = aggregate_monthly_plays.count + 1;
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER on_play AFTER INSERT ON plays FOR EACH ROW EXECUTE PROCEDURE on_play();
-"""
+# The aggregate trigger of a discovery database, as the tests use it: per inserted
+# row, two upserts into aggregate tables, as the real on_play does.
+AGGREGATE_TRIGGER = (ROOT / "tests" / "fixtures" / "on_play.sql").read_text()
 
 # Instrumentation only: tells this process the moment each checkpoint move commits.
 COMMIT_NOTIFY = f"""

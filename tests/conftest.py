@@ -31,6 +31,7 @@ from consumer.config import (
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults
 from consumer.metrics import Metrics
 from consumer.migrate import apply_migrations
+from consumer.runner import Runner
 
 ADMIN_URL = os.environ.get(
     "CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -92,7 +93,11 @@ def empty_database() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").read_text()
+FIXTURES = Path(__file__).parent / "fixtures"
+# The plays table of a live discovery/api database, then its on_play aggregates.
+DISCOVERY_SQL = (FIXTURES / "discovery_plays.sql").read_text() + (
+    FIXTURES / "on_play.sql"
+).read_text()
 
 
 @pytest.fixture
@@ -188,6 +193,23 @@ def make_settings(core_url: str, database_url: str, **overrides: Any) -> Setting
         http=HttpSettings(**http),
         **top,
     )
+
+
+async def run_consumer(
+    core_url: str,
+    database: str,
+    metrics: Metrics | None = None,
+    stop: asyncio.Event | None = None,
+    **overrides: Any,
+) -> Runner:
+    """Run the consumer in this process until it stops (to-height, stop, or error)."""
+    runner = Runner(
+        make_settings(core_url, database, **overrides),
+        metrics or Metrics(CollectorRegistry()),
+        stop or asyncio.Event(),
+    )
+    await runner.run()
+    return runner
 
 
 async def eventually(

@@ -21,14 +21,11 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from consumer.backfill import HeightRange, Part, find_gaps, plan_parts, uncovered
 from consumer.devnet import DevChain, DevnetServer, TxKind
 from consumer.errors import ConfigError
-from consumer.metrics import Metrics
-from consumer.runner import Runner
-from tests.conftest import DevnetFactory, make_settings
+from tests.conftest import DevnetFactory, run_consumer
 from tests.procs import run_once
 from tests.reference import expected_rows, plays_rows
 
@@ -185,18 +182,11 @@ async def test_backfill_plan_with_an_index_past_the_parts_exits_2() -> None:
 # ------------------------------------------------------------------------------ resuming
 
 
-async def consume(url: str, database: str, **overrides: Any) -> None:
-    runner = Runner(
-        make_settings(url, database, **overrides), Metrics(CollectorRegistry()), asyncio.Event()
-    )
-    await runner.run()
-
-
 async def test_resume_continues_a_part_after_its_checkpoint(
     devnet: DevnetServer, database: str
 ) -> None:
     part = plan_parts(1, 151, 3)[1]  # 51..100
-    await consume(devnet.url, database, from_height=51, to_height=70, stream=part.stream)
+    await run_consumer(devnet.url, database, from_height=51, to_height=70, stream=part.stream)
     code, out, err = await run_once(
         *("backfill-plan", "--from", "1", "--to", "151", "--parts", "3", "--index", "1"),
         *("--resume", "--database-url", database),
@@ -209,7 +199,7 @@ async def test_resume_of_a_finished_part_replays_only_its_last_height(
     devnet: DevnetServer, database: str
 ) -> None:
     part = plan_parts(1, 151, 3)[1]
-    await consume(devnet.url, database, from_height=51, to_height=100, stream=part.stream)
+    await run_consumer(devnet.url, database, from_height=51, to_height=100, stream=part.stream)
     code, out, err = await run_once(
         *("backfill-plan", "--from", "1", "--to", "151", "--parts", "3", "--index", "1"),
         *("--resume", "--database-url", database),
@@ -268,7 +258,7 @@ async def test_job_pods_on_disjoint_parts_beside_the_live_stream_write_one_clean
     devnet = await devnet_factory(height=300, block_interval_s=0.02)
     await asyncio.gather(
         *(_run_job_pod(i, 3, 301, devnet.url, database) for i in range(3)),
-        consume(devnet.url, database, from_height=301, to_height=400),
+        run_consumer(devnet.url, database, from_height=301, to_height=400),
     )
     assert await _plays(database) == expected_rows(devnet.chain, 1, 400)
 
@@ -279,11 +269,11 @@ async def test_overlapping_parts_beside_the_live_stream_write_each_play_once(
     devnet = await devnet_factory(height=300, block_interval_s=0.02)
     url = devnet.url
     await asyncio.gather(
-        consume(url, database, from_height=1, to_height=150, stream="backfill-1-150"),
-        consume(url, database, from_height=100, to_height=250, stream="backfill-100-250"),
-        consume(url, database, from_height=200, to_height=330, stream="backfill-200-330"),
-        consume(url, database, from_height=1, to_height=300, stream="backfill-1-300"),
-        consume(url, database, from_height=280, to_height=400),
+        run_consumer(url, database, from_height=1, to_height=150, stream="backfill-1-150"),
+        run_consumer(url, database, from_height=100, to_height=250, stream="backfill-100-250"),
+        run_consumer(url, database, from_height=200, to_height=330, stream="backfill-200-330"),
+        run_consumer(url, database, from_height=1, to_height=300, stream="backfill-1-300"),
+        run_consumer(url, database, from_height=280, to_height=400),
     )
     assert await _plays(database) == expected_rows(devnet.chain, 1, 400)
 
@@ -297,7 +287,7 @@ async def _backfill_all_but(
     last = parts[-1].heights.last
     await asyncio.gather(
         *(
-            consume(
+            run_consumer(
                 devnet.url,
                 database,
                 from_height=p.heights.first,
@@ -307,7 +297,7 @@ async def _backfill_all_but(
             for p in parts
             if p.index not in left_out
         ),
-        consume(devnet.url, database, from_height=last + 1, to_height=last + 50),
+        run_consumer(devnet.url, database, from_height=last + 1, to_height=last + 50),
     )
 
 
@@ -337,7 +327,7 @@ async def test_gaps_reports_the_range_of_a_part_left_out_and_exits_1(
 async def test_gaps_up_to_a_height_past_the_live_checkpoint_reports_the_tail(
     devnet: DevnetServer, database: str
 ) -> None:
-    await consume(devnet.url, database, from_height=1, to_height=80)
+    await run_consumer(devnet.url, database, from_height=1, to_height=80)
     async with await psycopg.AsyncConnection.connect(database) as conn:
         report = await find_gaps(conn, last=120)
     assert report.gaps == [HeightRange(81, 120)]
@@ -356,13 +346,15 @@ async def test_gaps_with_the_ledger_finds_heights_a_jumped_stream_only_claims(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=300)
-    await consume(devnet.url, database, from_height=1, to_height=100)
+    await run_consumer(devnet.url, database, from_height=1, to_height=100)
     # A checkpoint that claims heights it never wrote (run refuses a --from-height
     # above its checkpoint, but a hand edit or an older version could do this).
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        await conn.execute("UPDATE core_plays.checkpoint SET height = 200, block_hash = %s",
-                           (devnet.chain.block_hash(200),))
-    await consume(devnet.url, database, to_height=300)
+        await conn.execute(
+            "UPDATE core_plays.checkpoint SET height = 200, block_hash = %s",
+            (devnet.chain.block_hash(200),),
+        )
+    await run_consumer(devnet.url, database, to_height=300)
     quiet_blocks = _longest_run_without_play_txs(devnet.chain, 1, 300) + 1
     async with await psycopg.AsyncConnection.connect(database) as conn:
         report = await find_gaps(conn, quiet_blocks=quiet_blocks)

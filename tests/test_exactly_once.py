@@ -13,27 +13,10 @@ from prometheus_client import CollectorRegistry
 from consumer.devnet import DevChain
 from consumer.errors import ChainMismatch, CheckpointMissing
 from consumer.metrics import Metrics
-from consumer.runner import Runner
-from tests.conftest import DevnetFactory, eventually, make_settings
+from tests.conftest import DevnetFactory, eventually, run_consumer
 from tests.reference import expected_rows, plays_rows
 
 LEGACY_ROWS = 500
-
-
-async def consume(
-    url: str,
-    database: str,
-    stop: asyncio.Event | None = None,
-    metrics: Metrics | None = None,
-    **overrides: Any,
-) -> Runner:
-    runner = Runner(
-        make_settings(url, database, **overrides),
-        metrics or Metrics(CollectorRegistry()),
-        stop or asyncio.Event(),
-    )
-    await runner.run()
-    return runner
 
 
 async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
@@ -68,11 +51,13 @@ async def test_replays_restarts_and_overlaps_keep_every_aggregate_exact(
 ) -> None:
     devnet = await devnet_factory(height=500)
     url = devnet.url
-    await consume(url, discovery, from_height=1, to_height=200)
-    await consume(url, discovery, to_height=300)  # restart from the checkpoint
-    await consume(url, discovery, from_height=150, to_height=400)  # overlapping replay
-    await consume(url, discovery, from_height=1, to_height=500, source_mode="poll")  # re-sorted
-    await consume(url, discovery, from_height=250, to_height=350, stream="backfill-x")
+    await run_consumer(url, discovery, from_height=1, to_height=200)
+    await run_consumer(url, discovery, to_height=300)  # restart from the checkpoint
+    await run_consumer(url, discovery, from_height=150, to_height=400)  # overlapping replay
+    await run_consumer(
+        url, discovery, from_height=1, to_height=500, source_mode="poll"
+    )  # re-sorted
+    await run_consumer(url, discovery, from_height=250, to_height=350, stream="backfill-x")
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 500)
     await assert_aggregates_exact(discovery)
 
@@ -82,8 +67,8 @@ async def test_two_runners_started_at_once_write_each_play_once(
 ) -> None:
     devnet = await devnet_factory(height=400)
     await asyncio.gather(
-        consume(devnet.url, discovery, from_height=1, to_height=400),
-        consume(devnet.url, discovery, from_height=1, to_height=400, source_mode="poll"),
+        run_consumer(devnet.url, discovery, from_height=1, to_height=400),
+        run_consumer(devnet.url, discovery, from_height=1, to_height=400, source_mode="poll"),
     )
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 400)
     await assert_aggregates_exact(discovery)
@@ -96,11 +81,11 @@ async def test_a_second_runner_stands_by_while_the_first_holds_the_lock(
     leader_metrics, standby_metrics = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     stop_leader, stop_standby = asyncio.Event(), asyncio.Event()
     leader = asyncio.create_task(
-        consume(devnet.url, discovery, stop_leader, leader_metrics, from_height=1)
+        run_consumer(devnet.url, discovery, leader_metrics, stop_leader, from_height=1)
     )
     await eventually(lambda: leader_metrics.registry.get_sample_value("core_plays_is_leader"))
     standby = asyncio.create_task(
-        consume(devnet.url, discovery, stop_standby, standby_metrics, from_height=1)
+        run_consumer(devnet.url, discovery, standby_metrics, stop_standby, from_height=1)
     )
     await asyncio.sleep(0)  # let it reach the lock
     await eventually(
@@ -141,7 +126,8 @@ async def test_another_writer_in_plays_does_not_disturb_the_consumer(
                 await asyncio.sleep(0)
 
     await asyncio.gather(
-        legacy_writer(), consume(devnet.url, discovery, from_height=1, to_height=300, max_blocks=10)
+        legacy_writer(),
+        run_consumer(devnet.url, discovery, from_height=1, to_height=300, max_blocks=10),
     )
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 300)
     await assert_aggregates_exact(discovery)
@@ -153,11 +139,11 @@ async def test_a_node_on_another_chain_is_refused_naming_both_chains(
     from consumer.devnet import ChainSpec
 
     first = await devnet_factory(height=50)
-    await consume(first.url, discovery, from_height=1, to_height=50)
+    await run_consumer(first.url, discovery, from_height=1, to_height=50)
     before = await new_plays(discovery)
     other = await devnet_factory(ChainSpec(chain_id="devnet-2", seed=2), height=80)
     with pytest.raises(ChainMismatch, match=r"devnet-2.*devnet-1"):
-        await consume(other.url, discovery, to_height=80)
+        await run_consumer(other.url, discovery, to_height=80)
     assert await new_plays(discovery) == before
 
 
@@ -165,7 +151,7 @@ async def test_a_new_chain_without_a_checkpoint_needs_from_height(
     devnet: Any, discovery: str
 ) -> None:
     with pytest.raises(CheckpointMissing, match="--from-height"):
-        await consume(devnet.url, discovery, to_height=10)
+        await run_consumer(devnet.url, discovery, to_height=10)
     assert await new_plays(discovery) == Counter()
 
 
@@ -175,12 +161,12 @@ async def test_a_node_with_another_block_at_the_checkpoint_is_refused(
     from consumer.devnet import ChainSpec
 
     first = await devnet_factory(height=50)
-    await consume(first.url, discovery, from_height=1, to_height=50)
+    await run_consumer(first.url, discovery, from_height=1, to_height=50)
     before = await new_plays(discovery)
     restored = await devnet_factory(ChainSpec(hash_salt="restored"), height=90)
     expected_hash = DevChain(ChainSpec()).block_hash(50)
     with pytest.raises(ChainMismatch, match=f"height 50 with block hash {expected_hash}"):
-        await consume(restored.url, discovery, to_height=90)
+        await run_consumer(restored.url, discovery, to_height=90)
     assert await new_plays(discovery) == before
 
 
@@ -188,8 +174,8 @@ async def test_a_replay_below_the_checkpoint_leaves_the_live_checkpoint_in_place
     devnet_factory: DevnetFactory, discovery: str
 ) -> None:
     devnet = await devnet_factory(height=200)
-    await consume(devnet.url, discovery, from_height=1, to_height=200)
-    await consume(devnet.url, discovery, from_height=20, to_height=60)
+    await run_consumer(devnet.url, discovery, from_height=1, to_height=200)
+    await run_consumer(devnet.url, discovery, from_height=20, to_height=60)
     async with await psycopg.AsyncConnection.connect(discovery) as conn:
         cur = await conn.execute("SELECT height FROM core_plays.checkpoint WHERE stream='live'")
         assert await cur.fetchone() == (200,)
@@ -202,26 +188,36 @@ async def test_a_leader_whose_session_is_killed_stops_writing_and_one_writer_rem
     devnet = await devnet_factory(height=30)
     first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(consume(devnet.url, discovery, stop, m, from_height=1))
-             for m in (first, second)]
+    tasks = [
+        asyncio.create_task(run_consumer(devnet.url, discovery, m, stop, from_height=1))
+        for m in (first, second)
+    ]
 
     def leaders() -> float:
-        return sum(m.registry.get_sample_value("core_plays_is_leader") or 0
-                   for m in (first, second))
+        return sum(
+            m.registry.get_sample_value("core_plays_is_leader") or 0 for m in (first, second)
+        )
 
     await eventually(lambda: leaders() == 1)
     leader = first if first.registry.get_sample_value("core_plays_is_leader") else second
     async with await psycopg.AsyncConnection.connect(discovery, autocommit=True) as conn:
-        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_locks "
-                           "WHERE locktype = 'advisory' AND granted "
-                           "AND database = (SELECT oid FROM pg_database "
-                           "WHERE datname = current_database())")
-    await eventually(lambda: (leader.registry.get_sample_value("core_plays_db_errors_total")
-                              or 0) >= 1)
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())"
+        )
+    await eventually(
+        lambda: (leader.registry.get_sample_value("core_plays_db_errors_total") or 0) >= 1
+    )
     await eventually(lambda: leaders() == 1)
     await devnet.advance(30)
-    await eventually(lambda: any(m.registry.get_sample_value("core_plays_processed_height")
-                                 == 60 for m in (first, second)))
+    await eventually(
+        lambda: any(
+            m.registry.get_sample_value("core_plays_processed_height") == 60
+            for m in (first, second)
+        )
+    )
     assert leaders() == 1
     stop.set()
     await asyncio.gather(*tasks)
@@ -235,10 +231,10 @@ async def test_a_from_height_above_the_checkpoint_is_refused_rather_than_leaving
     from consumer.errors import ConfigError
 
     devnet = await devnet_factory(height=120)
-    await consume(devnet.url, discovery, from_height=1, to_height=50)
+    await run_consumer(devnet.url, discovery, from_height=1, to_height=50)
     before = await new_plays(discovery)
     with pytest.raises(ConfigError, match=r"heights 51\.\.79 would never be written"):
-        await consume(devnet.url, discovery, from_height=80, to_height=120)
+        await run_consumer(devnet.url, discovery, from_height=80, to_height=120)
     assert await new_plays(discovery) == before
 
 
@@ -246,10 +242,10 @@ async def test_a_stop_while_waiting_for_the_node_to_reach_the_checkpoint_ends_th
     devnet_factory: DevnetFactory, discovery: str
 ) -> None:
     devnet = await devnet_factory(height=50)
-    await consume(devnet.url, discovery, from_height=1, to_height=50)
+    await run_consumer(devnet.url, discovery, from_height=1, to_height=50)
     devnet.faults.head_behind = 100  # a node restored from an older snapshot
     stop, metrics = asyncio.Event(), Metrics(CollectorRegistry())
-    task = asyncio.create_task(consume(devnet.url, discovery, stop, metrics))
+    task = asyncio.create_task(run_consumer(devnet.url, discovery, metrics, stop))
     await eventually(lambda: metrics.registry.get_sample_value("core_plays_is_leader") == 1)
     assert not task.done()
     stop.set()

@@ -7,7 +7,6 @@ import math
 import time
 from collections import Counter
 from datetime import datetime
-from typing import Any
 
 import psycopg
 import pytest
@@ -15,20 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devnet import ChainSpec, DevChain, Faults, TxKind
 from consumer.metrics import Metrics
-from consumer.runner import Runner
-from tests.conftest import DevnetFactory, eventually, make_settings
+from tests.conftest import DevnetFactory, eventually, run_consumer
 from tests.reference import expected_rows
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
     return math.nan if value is None else value
-
-
-async def run(url: str, database: str, metrics: Metrics, stop: asyncio.Event | None = None,
-              **overrides: Any) -> None:
-    await Runner(make_settings(url, database, **overrides), metrics,
-                 stop or asyncio.Event()).run()
 
 
 def tx_kinds(chain: DevChain, first: int, last: int) -> Counter[TxKind]:
@@ -39,7 +31,7 @@ async def test_a_run_moves_the_progress_and_volume_metrics(
     devnet_factory: DevnetFactory, database: str, metrics: Metrics
 ) -> None:
     devnet = await devnet_factory(height=300)
-    await run(devnet.url, database, metrics, from_height=1, to_height=300)
+    await run_consumer(devnet.url, database, metrics, from_height=1, to_height=300)
     kinds = tx_kinds(devnet.chain, 1, 300)
     assert sample(metrics, "blocks_total") == 300
     assert sample(metrics, "processed_height") == 300
@@ -59,13 +51,14 @@ async def test_skips_and_repairs_are_counted_by_reason(
     devnet_factory: DevnetFactory, database: str, metrics: Metrics
 ) -> None:
     devnet = await devnet_factory(height=400)
-    await run(devnet.url, database, metrics, from_height=1, to_height=400)
+    await run_consumer(devnet.url, database, metrics, from_height=1, to_height=400)
     async with await psycopg.AsyncConnection.connect(database) as conn:
-        cur = await conn.execute(
-            "SELECT coalesce(sum(skipped_count), 0) FROM core_plays.tx_ledger")
+        cur = await conn.execute("SELECT coalesce(sum(skipped_count), 0) FROM core_plays.tx_ledger")
         (ledger_skipped,) = await cur.fetchone() or (0,)
-    skipped = sum(sample(metrics, "plays_skipped_total", reason=r) for r in
-                  ("track_id_not_integer", "track_id_out_of_range", "no_timestamp"))
+    skipped = sum(
+        sample(metrics, "plays_skipped_total", reason=r)
+        for r in ("track_id_not_integer", "track_id_out_of_range", "no_timestamp")
+    )
     assert skipped == ledger_skipped > 0
     assert sample(metrics, "plays_repaired_total", reason="timestamp_missing") > 0
     assert sample(metrics, "plays_repaired_total", reason="nul_removed") > 0
@@ -75,19 +68,25 @@ async def test_a_replay_moves_the_duplicate_counter_and_not_the_written_one(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=100)
-    await run(devnet.url, database, Metrics(CollectorRegistry()), from_height=1, to_height=100)
+    await run_consumer(
+        devnet.url, database, Metrics(CollectorRegistry()), from_height=1, to_height=100
+    )
     metrics = Metrics(CollectorRegistry())
-    await run(devnet.url, database, metrics, from_height=1, to_height=100)
+    await run_consumer(devnet.url, database, metrics, from_height=1, to_height=100)
     assert sample(metrics, "plays_written_total") == 0
-    assert sample(metrics, "duplicate_transactions_total") == tx_kinds(
-        devnet.chain, 1, 100)[TxKind.PLAYS]
+    assert (
+        sample(metrics, "duplicate_transactions_total")
+        == tx_kinds(devnet.chain, 1, 100)[TxKind.PLAYS]
+    )
 
 
 async def test_node_errors_and_reconnects_are_counted_by_code(
     devnet_factory: DevnetFactory, database: str, metrics: Metrics
 ) -> None:
     devnet = await devnet_factory(height=60, faults=Faults(abort_stream_every=20))
-    await run(devnet.url, database, metrics, from_height=1, to_height=60, source_mode="stream")
+    await run_consumer(
+        devnet.url, database, metrics, from_height=1, to_height=60, source_mode="stream"
+    )
     assert sample(metrics, "source_errors_total", code="ABORTED") >= 2
     assert sample(metrics, "reconnects_total", target="node") >= 2
     assert sample(metrics, "blocks_total") == 60
@@ -98,12 +97,14 @@ async def test_a_lost_database_session_is_counted_and_the_run_recovers(
 ) -> None:
     devnet = await devnet_factory(height=20)
     stop = asyncio.Event()
-    task = asyncio.create_task(run(devnet.url, database, metrics, stop, from_height=1))
+    task = asyncio.create_task(run_consumer(devnet.url, database, metrics, stop, from_height=1))
     await eventually(lambda: sample(metrics, "processed_height") == 20)
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-        await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE application_name = 'core-plays-consumer' "
-                           "AND datname = current_database()")
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'core-plays-consumer' "
+            "AND datname = current_database()"
+        )
     await devnet.advance(5)
     await eventually(lambda: sample(metrics, "processed_height") == 25)
     stop.set()
@@ -117,11 +118,21 @@ async def test_is_leader_and_build_info_describe_the_running_instance(
 ) -> None:
     devnet = await devnet_factory(height=10)
     stop = asyncio.Event()
-    task = asyncio.create_task(run(devnet.url, database, metrics, stop, from_height=1,
-                                   source_mode="stream"))
+    task = asyncio.create_task(
+        run_consumer(devnet.url, database, metrics, stop, from_height=1, source_mode="stream")
+    )
     await eventually(lambda: sample(metrics, "is_leader") == 1)
-    assert sample(metrics, "build_info", version="0.1.0", chain_id="devnet-1",
-                  source_mode="stream", stream="live") == 1
+    assert (
+        sample(
+            metrics,
+            "build_info",
+            version="0.1.0",
+            chain_id="devnet-1",
+            source_mode="stream",
+            stream="live",
+        )
+        == 1
+    )
     stop.set()
     await task
     assert sample(metrics, "is_leader") == 0
@@ -133,7 +144,7 @@ async def test_lag_seconds_keeps_rising_while_the_node_stalls(
     spec = ChainSpec(genesis_time_s=int(time.time()) - 30, block_time_step_s=1.0)
     devnet = await devnet_factory(spec, height=30)
     stop = asyncio.Event()
-    task = asyncio.create_task(run(devnet.url, database, metrics, stop, from_height=1))
+    task = asyncio.create_task(run_consumer(devnet.url, database, metrics, stop, from_height=1))
     await eventually(lambda: sample(metrics, "processed_height") == 30)
     # The node stops producing: nothing is committed, and lag must say so.
     first = sample(metrics, "lag_seconds")
@@ -166,9 +177,12 @@ def test_a_head_reported_lower_later_does_not_shrink_lag() -> None:
     assert sample(metrics, "lag_blocks") == 10
 
 
-@pytest.mark.parametrize("label,values", [
-    ("reason", ("track_id_not_integer", "track_id_out_of_range", "no_timestamp")),
-])
+@pytest.mark.parametrize(
+    "label,values",
+    [
+        ("reason", ("track_id_not_integer", "track_id_out_of_range", "no_timestamp")),
+    ],
+)
 def test_every_skip_reason_is_exported_at_zero_from_the_start(
     label: str, values: tuple[str, ...]
 ) -> None:

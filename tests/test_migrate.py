@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,8 +10,7 @@ import pytest
 
 from consumer.errors import SchemaMismatch
 from consumer.migrate import apply_migrations, check_plays_schema, migrations
-
-DISCOVERY_SQL = (Path(__file__).parent / "fixtures" / "discovery_plays.sql").read_text()
+from tests.conftest import DISCOVERY_SQL
 
 PLAYS_SHAPE = """
 SELECT (SELECT relfilenode FROM pg_class WHERE oid = 'plays'::regclass),

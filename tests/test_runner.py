@@ -11,8 +11,7 @@ import pytest
 
 from consumer.devnet import ChainSpec, DevChain, Faults
 from consumer.metrics import Metrics
-from consumer.runner import Runner
-from tests.conftest import DevnetFactory, eventually, make_settings
+from tests.conftest import DevnetFactory, eventually, run_consumer
 from tests.reference import expected_rows, malformed_tx_hashes, play_tx_hashes, plays_rows
 
 COUNT_TRIGGER = """
@@ -25,24 +24,6 @@ BEGIN
 END $$;
 CREATE TRIGGER on_play AFTER INSERT ON plays FOR EACH ROW EXECUTE FUNCTION count_play();
 """
-
-
-async def run_consumer(
-    core_url: str,
-    database: str,
-    metrics: Metrics | None = None,
-    stop: asyncio.Event | None = None,
-    **overrides: Any,
-) -> Runner:
-    from prometheus_client import CollectorRegistry
-
-    runner = Runner(
-        make_settings(core_url, database, **overrides),
-        metrics or Metrics(CollectorRegistry()),
-        stop or asyncio.Event(),
-    )
-    await runner.run()
-    return runner
 
 
 async def query(database: str, sql: str) -> list[tuple[Any, ...]]:
