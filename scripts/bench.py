@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench.py                    # every profile, default sizes
     .venv/bin/python scripts/bench.py --profile busy --blocks 1000
     .venv/bin/python scripts/bench.py --profile busy --blocks 100000 \
-        --busy-txs 2 --busy-plays 10 --tip-blocks 0 --ceiling-blocks 10000   # memory
+        --busy-txs 5 --busy-plays 200 --tip-blocks 0 --ceiling-blocks 2000  # memory, ~1 h
     .venv/bin/python scripts/bench.py --quick            # every profile, small, seconds
 
 For each chain profile it serves a devnet from this process, backfills N blocks
