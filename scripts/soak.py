@@ -56,7 +56,7 @@ def rss_kb(pid: int) -> int:
 
 def slope_kb_per_10k(samples: list[Sample]) -> float:
     """Least squares of RSS against height over the second half of the run."""
-    tail = samples[len(samples) // 2:]
+    tail = samples[len(samples) // 2 :]
     if len(tail) < 3:
         return 0.0
     n = len(tail)
@@ -69,8 +69,14 @@ def slope_kb_per_10k(samples: list[Sample]) -> float:
     return cov / var * 10_000
 
 
-async def inject_faults(devnet: DevnetServer, proxy: TcpProxy, interval_s: float,
-                        rng: random.Random, done: asyncio.Event, log: list[str]) -> None:
+async def inject_faults(
+    devnet: DevnetServer,
+    proxy: TcpProxy,
+    interval_s: float,
+    rng: random.Random,
+    done: asyncio.Event,
+    log: list[str],
+) -> None:
     faults = devnet.faults
     while not done.is_set():
         await asyncio.sleep(interval_s * rng.uniform(0.5, 1.5))
@@ -113,15 +119,26 @@ async def soak(args: argparse.Namespace) -> int:
         devnet = DevnetServer(DevChain(spec), height=args.blocks)
         await devnet.start()
         consumer = await start_consumer(
-            "--core-url", devnet.url, "--database-url",
+            "--core-url",
+            devnet.url,
+            "--database-url",
             make_conninfo(database, host="127.0.0.1", port=proxy.port),
-            "--from-height", "1", "--to-height", str(args.blocks),
-            "--retry-cap-s", "1", "--lease-retry-s", "0.5", "--rpc-timeout-s", "2",
+            "--from-height",
+            "1",
+            "--to-height",
+            str(args.blocks),
+            "--retry-cap-s",
+            "1",
+            "--lease-retry-s",
+            "0.5",
+            "--rpc-timeout-s",
+            "2",
         )
         done = asyncio.Event()
         fault_log: list[str] = []
         faults = asyncio.create_task(
-            inject_faults(devnet, proxy, args.fault_interval_s, rng, done, fault_log))
+            inject_faults(devnet, proxy, args.fault_interval_s, rng, done, fault_log)
+        )
         samples = await sample_until_exit(consumer, args.sample_s)
         done.set()
         faults.cancel()
@@ -160,19 +177,24 @@ async def sample_until_exit(consumer: ConsumerProcess, every_s: float) -> list[S
     return samples
 
 
-def report(args: argparse.Namespace, samples: list[Sample], fault_log: list[str], code: int,
-           exact: bool) -> None:
+def report(
+    args: argparse.Namespace, samples: list[Sample], fault_log: list[str], code: int, exact: bool
+) -> None:
     print(f"{'seconds':>8} {'height':>8} {'rss MB':>8}")
     step = max(1, len(samples) // 20)
     for s in samples[::step]:
         print(f"{s.seconds:8.1f} {s.height:8d} {s.rss_kb / 1024:8.1f}")
     rss = [s.rss_kb for s in samples if s.rss_kb] or [0]
     kinds = {k: fault_log.count(k) for k in sorted(set(fault_log))}
-    print(f"soak: blocks={args.blocks} exit={code} rows_exact={'yes' if exact else 'NO'} "
-          f"faults={len(fault_log)} {kinds}")
-    print(f"soak: rss_start_mb={rss[0] / 1024:.1f} rss_end_mb={rss[-1] / 1024:.1f} "
-          f"rss_peak_mb={max(rss) / 1024:.1f} "
-          f"slope_kb_per_10k_blocks={slope_kb_per_10k(samples):.1f}")
+    print(
+        f"soak: blocks={args.blocks} exit={code} rows_exact={'yes' if exact else 'NO'} "
+        f"faults={len(fault_log)} {kinds}"
+    )
+    print(
+        f"soak: rss_start_mb={rss[0] / 1024:.1f} rss_end_mb={rss[-1] / 1024:.1f} "
+        f"rss_peak_mb={max(rss) / 1024:.1f} "
+        f"slope_kb_per_10k_blocks={slope_kb_per_10k(samples):.1f}"
+    )
 
 
 def main() -> int:
@@ -181,10 +203,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fault-interval-s", type=float, default=3.0)
     parser.add_argument("--sample-s", type=float, default=0.5)
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run for the test suite (15,000 blocks, frequent faults)")
-    parser.add_argument("--database-url", default=os.environ.get(
-        "CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run for the test suite (15,000 blocks, frequent faults)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
     args = parser.parse_args()
     if args.quick:
         args.blocks, args.fault_interval_s, args.sample_s = 15_000, 0.3, 0.2

@@ -31,16 +31,21 @@ def password_postgres() -> Iterator[str]:
         conn.execute("ALTER ROLE postgres PASSWORD 'right-password'")
         hba = conn.execute("SHOW hba_file").fetchone()
         assert hba is not None
-        Path(hba[0]).write_text("local all all scram-sha-256\n"
-                                "host all all 127.0.0.1/32 scram-sha-256\n")
+        Path(hba[0]).write_text(
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
+        )
         conn.execute("SELECT pg_reload_conf()")
     yield make_conninfo(url, password="")
     server._cleanup()
 
 
 async def test_a_wrong_password_is_one_line_without_the_password(password_postgres: str) -> None:
-    code, _, err = await run_once("migrate", "--database-url", password_postgres,
-                                  env={"CORE_PLAYS_DATABASE_PASSWORD": "wrong-password"})
+    code, _, err = await run_once(
+        "migrate",
+        "--database-url",
+        password_postgres,
+        env={"CORE_PLAYS_DATABASE_PASSWORD": "wrong-password"},
+    )
     assert code == 2
     [line] = error_lines(err)
     assert "password authentication failed" in line
@@ -52,8 +57,9 @@ async def test_the_right_password_from_a_file_is_used(
 ) -> None:
     secret = tmp_path / "password"
     secret.write_text("right-password\n")
-    code, out, err = await run_once("migrate", "--database-url", password_postgres,
-                                    "--database-password-file", str(secret))
+    code, out, err = await run_once(
+        "migrate", "--database-url", password_postgres, "--database-password-file", str(secret)
+    )
     assert code == 0, err
     assert "migrations applied" in out
 
@@ -65,14 +71,14 @@ async def test_a_user_who_cannot_create_the_schema_is_told_what_to_grant(
         await conn.execute("DROP ROLE IF EXISTS cpc_reader")
         await conn.execute("CREATE ROLE cpc_reader LOGIN")
     try:
-        code, _, err = await run_once("migrate", "--database-url",
-                                      make_conninfo(empty_database, user="cpc_reader"))
+        code, _, err = await run_once(
+            "migrate", "--database-url", make_conninfo(empty_database, user="cpc_reader")
+        )
         assert code == 2
         [line] = error_lines(err)
         assert "cannot create the core_plays schema" in line and "grant CREATE" in line
     finally:
-        async with await psycopg.AsyncConnection.connect(empty_database,
-                                                         autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as conn:
             await conn.execute("DROP ROLE cpc_reader")
 
 
@@ -81,33 +87,52 @@ async def test_a_tls_url_against_a_plaintext_port_suggests_checking_the_scheme(
 ) -> None:
     devnet = await devnet_factory(height=5)
     tls_url = devnet.url.replace("http://", "https://")
-    code, _, err = await run_once("run", "--core-url", tls_url, "--database-url", database,
-                                  "--connect-timeout-s", "1", "--metrics-addr", "127.0.0.1:0")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        tls_url,
+        "--database-url",
+        database,
+        "--connect-timeout-s",
+        "1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
     assert code == 2
     [line] = error_lines(err)
     assert tls_url in line and "http vs https" in line
 
 
 async def test_an_unknown_host_is_one_line_naming_it(database: str) -> None:
-    code, _, err = await run_once("run", "--core-url", "http://no-such-node.invalid:50051",
-                                  "--database-url", database, "--connect-timeout-s", "1",
-                                  "--metrics-addr", "127.0.0.1:0")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        "http://no-such-node.invalid:50051",
+        "--database-url",
+        database,
+        "--connect-timeout-s",
+        "1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
     assert code == 2
     [line] = error_lines(err)
     assert "no-such-node.invalid" in line
 
 
-@pytest.mark.parametrize("flags,names", [
-    (["--core-url", "ftp://x"], "--core-url"),
-    (["--poll-window", "900"], "--poll-window"),
-    (["--from-height", "0"], "--from-height"),
-    (["--from-height", "9", "--to-height", "3"], "--to-height"),
-    (["--metrics-addr", "nonsense"], "--metrics-addr"),
-    (["--stream", "a b"], "--stream"),
-], ids=["scheme", "window", "from-zero", "reversed-range", "metrics-addr", "stream-name"])
-async def test_a_bad_flag_value_is_one_line_naming_the_flag(
-    flags: list[str], names: str
-) -> None:
+@pytest.mark.parametrize(
+    "flags,names",
+    [
+        (["--core-url", "ftp://x"], "--core-url"),
+        (["--poll-window", "900"], "--poll-window"),
+        (["--from-height", "0"], "--from-height"),
+        (["--from-height", "9", "--to-height", "3"], "--to-height"),
+        (["--metrics-addr", "nonsense"], "--metrics-addr"),
+        (["--stream", "a b"], "--stream"),
+    ],
+    ids=["scheme", "window", "from-zero", "reversed-range", "metrics-addr", "stream-name"],
+)
+async def test_a_bad_flag_value_is_one_line_naming_the_flag(flags: list[str], names: str) -> None:
     code, _, err = await run_once("run", *flags)
     assert code == 2
     [line] = error_lines(err)
@@ -122,8 +147,17 @@ async def test_a_bad_environment_value_names_the_variable() -> None:
 
 
 async def test_debug_adds_the_traceback(database: str) -> None:
-    code, _, err = await run_once("run", "--core-url", "http://127.0.0.1:1", "--database-url",
-                                  database, "--connect-timeout-s", "1", "--debug",
-                                  "--metrics-addr", "127.0.0.1:0")
+    code, _, err = await run_once(
+        "run",
+        "--core-url",
+        "http://127.0.0.1:1",
+        "--database-url",
+        database,
+        "--connect-timeout-s",
+        "1",
+        "--debug",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
     assert code == 2
     assert "Traceback" in err

@@ -26,8 +26,9 @@ KILLS = int(os.environ.get("CORE_PLAYS_TEST_KILLS", "6"))
 
 async def checkpoint_height(database: str) -> int:
     async with await psycopg.AsyncConnection.connect(database) as conn:
-        cur = await conn.execute("SELECT coalesce(max(height), 0) FROM core_plays.checkpoint "
-                                 "WHERE stream = 'live'")
+        cur = await conn.execute(
+            "SELECT coalesce(max(height), 0) FROM core_plays.checkpoint WHERE stream = 'live'"
+        )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -42,10 +43,21 @@ async def test_repeated_sigkills_at_random_moments_leave_exactly_the_chains_play
     spec = ChainSpec(genesis_time_s=int(time.time()) - 4000)
     devnet = await devnet_factory(spec, height=4000, block_interval_s=0.01)
     rng = random.Random(KILLS)
-    args = ("--core-url", devnet.url, "--database-url", discovery, "--max-blocks", "50",
-            "--lease-retry-s", "0.2", "--catchup-threshold-blocks", "500")
-    code, _, err = await run_once("run", *args, "--from-height", "1", "--to-height", "5",
-                                  "--metrics-addr", "127.0.0.1:0")
+    args = (
+        "--core-url",
+        devnet.url,
+        "--database-url",
+        discovery,
+        "--max-blocks",
+        "50",
+        "--lease-retry-s",
+        "0.2",
+        "--catchup-threshold-blocks",
+        "500",
+    )
+    code, _, err = await run_once(
+        "run", *args, "--from-height", "1", "--to-height", "5", "--metrics-addr", "127.0.0.1:0"
+    )
     assert code == 0, err
     heights = []
     for _ in range(KILLS):
@@ -57,8 +69,9 @@ async def test_repeated_sigkills_at_random_moments_leave_exactly_the_chains_play
         heights.append(await checkpoint_height(discovery))
     await devnet.stop_growing()  # freeze the chain for the final comparison
     last = devnet.head
-    code, _, err = await run_once("run", *args, "--to-height", str(last),
-                                  "--metrics-addr", "127.0.0.1:0", timeout_s=120)
+    code, _, err = await run_once(
+        "run", *args, "--to-height", str(last), "--metrics-addr", "127.0.0.1:0", timeout_s=120
+    )
     assert code == 0, err
     assert heights == sorted(heights)  # progress is kept across every kill
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, last)
@@ -69,8 +82,9 @@ async def test_sigterm_during_catch_up_exits_zero_quickly_with_rows_matching_the
     devnet_factory: DevnetFactory, discovery: str
 ) -> None:
     devnet = await devnet_factory(height=20000)
-    consumer = await start_consumer("--core-url", devnet.url, "--database-url", discovery,
-                                    "--from-height", "1")
+    consumer = await start_consumer(
+        "--core-url", devnet.url, "--database-url", discovery, "--from-height", "1"
+    )
     await eventually(lambda: _processed_at_least(consumer, 2000), timeout_s=60)
     consumer.signal(signal.SIGTERM)
     # The pod's grace period is 30 s; a clean stop must fit well inside it.

@@ -87,7 +87,8 @@ async def test_a_real_server_restart_is_survived(
     await asyncio.to_thread(
         subprocess.run,
         ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart", "-m", "fast"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     await devnet.advance(10)
     await consumer.reach(40, timeout_s=30)

@@ -80,13 +80,11 @@ async def test_replies_slower_than_the_deadline_are_retried_until_the_node_heals
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=30)
-    consumer = Consumer(devnet.url, database, from_height=1, source_mode="poll",
-                        rpc_timeout_s=0.2)
+    consumer = Consumer(devnet.url, database, from_height=1, source_mode="poll", rpc_timeout_s=0.2)
     await consumer.reach(30)
     devnet.faults.delay_s = 1.0
     await devnet.advance(10)
-    await eventually(lambda: consumer.value("source_errors_total",
-                                            code="DEADLINE_EXCEEDED") >= 2)
+    await eventually(lambda: consumer.value("source_errors_total", code="DEADLINE_EXCEEDED") >= 2)
     devnet.faults.delay_s = 0.0
     await consumer.reach(40)
     await consumer.finish()

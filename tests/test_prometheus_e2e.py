@@ -22,8 +22,10 @@ from tests.conftest import DevnetFactory, eventually
 from tests.procs import ConsumerProcess, free_port, start_consumer
 
 ROOT = Path(__file__).resolve().parent.parent
-USED_IN = [ROOT / "deploy" / "grafana" / "core-plays-consumer.json",
-           ROOT / "deploy" / "prometheus" / "alerts.yaml"]
+USED_IN = [
+    ROOT / "deploy" / "grafana" / "core-plays-consumer.json",
+    ROOT / "deploy" / "prometheus" / "alerts.yaml",
+]
 METRIC = re.compile(r"\bcore_plays_[a-z0-9_]*[a-z0-9]\b")
 
 
@@ -34,8 +36,16 @@ async def running_consumer(
     # Block times follow the wall clock, so lag reads as on a live chain.
     spec = ChainSpec(genesis_time_s=int(time.time()) - 20, block_time_step_s=0.2)
     devnet = await devnet_factory(spec, height=100, block_interval_s=0.2)
-    consumer = await start_consumer("--core-url", devnet.url, "--database-url", database,
-                                    "--from-height", "1", "--head-refresh-s", "0.5")
+    consumer = await start_consumer(
+        "--core-url",
+        devnet.url,
+        "--database-url",
+        database,
+        "--from-height",
+        "1",
+        "--head-refresh-s",
+        "0.5",
+    )
     try:
         yield consumer
     finally:
@@ -47,8 +57,9 @@ async def running_consumer(
 async def prometheus(running_consumer: ConsumerProcess, tmp_path: Path) -> AsyncIterator[str]:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus is not installed: apt-get install prometheus "
-                    "(scripts/test.sh does this)")
+        pytest.fail(
+            "prometheus is not installed: apt-get install prometheus (scripts/test.sh does this)"
+        )
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -58,9 +69,12 @@ async def prometheus(running_consumer: ConsumerProcess, tmp_path: Path) -> Async
         f"    static_configs: [{{targets: ['127.0.0.1:{running_consumer.metrics_port}']}}]\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         yield f"http://127.0.0.1:{port}"
@@ -88,11 +102,15 @@ async def query(base: str, promql: str) -> float | None:
 async def test_prometheus_reads_processed_height_and_lag_from_the_consumer(
     prometheus: str,
 ) -> None:
-    height = await eventually(lambda: query(prometheus, "core_plays_processed_height >= 100"),
-                              timeout_s=60, interval_s=0.5)
+    height = await eventually(
+        lambda: query(prometheus, "core_plays_processed_height >= 100"),
+        timeout_s=60,
+        interval_s=0.5,
+    )
     assert height >= 100
-    lag = await eventually(lambda: query(prometheus, "core_plays_lag_seconds"), timeout_s=30,
-                           interval_s=0.5)
+    lag = await eventually(
+        lambda: query(prometheus, "core_plays_lag_seconds"), timeout_s=30, interval_s=0.5
+    )
     assert 0 <= lag < 60
     assert await query(prometheus, 'up{job="core-plays-consumer"}') == 1
 
@@ -106,8 +124,11 @@ async def test_every_metric_the_dashboard_and_alerts_use_is_in_a_live_scrape(
     # Families from the TYPE lines (a labelled counter with no event yet has no
     # sample but is exported), plus every sample name (_bucket, _sum, _count).
     live = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
-    live |= {line.split("{")[0].split(" ")[0] for line in body.splitlines()
-             if line.startswith("core_plays_")}
+    live |= {
+        line.split("{")[0].split(" ")[0]
+        for line in body.splitlines()
+        if line.startswith("core_plays_")
+    }
     used = {name for path in USED_IN for name in METRIC.findall(path.read_text())}
     assert used and used <= live
 

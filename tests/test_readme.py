@@ -14,8 +14,11 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_every_flag_and_its_variable_is_in_the_readme() -> None:
-    missing = [o.flag for o in OPTIONS
-               if f"`--{o.flag}`" not in README or f"`{env_name(o.flag)}`" not in README]
+    missing = [
+        o.flag
+        for o in OPTIONS
+        if f"`--{o.flag}`" not in README or f"`{env_name(o.flag)}`" not in README
+    ]
     assert not missing
 
 

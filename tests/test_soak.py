@@ -12,8 +12,9 @@ SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 
 
 async def test_the_quick_soak_ends_with_exact_rows_and_reports_memory() -> None:
-    proc = await create_subprocess_exec(PYTHON, str(SOAK), "--quick", "--seed", "3",
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = await create_subprocess_exec(
+        PYTHON, str(SOAK), "--quick", "--seed", "3", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = await proc.communicate()
     text = out.decode()
     assert proc.returncode == 0, text + err.decode()
