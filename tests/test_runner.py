@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumer.devnet import ChainSpec, DevChain, Faults
 from consumer.metrics import Metrics
@@ -195,3 +196,32 @@ async def test_every_source_mode_reaches_the_same_rows(
     )
     async with await psycopg.AsyncConnection.connect(database) as conn:
         assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 600)
+
+
+# --- adaptive batching, end to end ---------------------------------------------------
+
+
+def batches(metrics: Metrics, le: str = "+Inf") -> float:
+    value = metrics.registry.get_sample_value("core_plays_batch_blocks_bucket", {"le": le})
+    return 0.0 if value is None else value
+
+
+async def test_catching_up_commits_many_blocks_per_transaction(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    """Blocks pile up behind each commit, so the next one takes them all."""
+    devnet = await devnet_factory(height=300)
+    metrics = Metrics(CollectorRegistry())
+    await run_consumer(devnet.url, database, metrics, from_height=1, to_height=300)
+    assert batches(metrics) <= 100  # 300 blocks, at least 3 a commit on average
+
+
+async def test_at_the_tip_every_block_commits_on_its_own(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    """One block every 200 ms, each written long before the next: batches of one."""
+    devnet = await devnet_factory(height=5, block_interval_s=0.2, max_height=25)
+    metrics = Metrics(CollectorRegistry())
+    await run_consumer(devnet.url, database, metrics, from_height=1, to_height=25)
+    assert batches(metrics, le="1.0") >= 20  # blocks 6..25, one commit each
+    assert batches(metrics) - batches(metrics, le="1.0") <= 2  # 1..5 caught up in 1 or 2
