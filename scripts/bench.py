@@ -157,6 +157,7 @@ class ConsumerRun:
     commits: list[tuple[float, int]] = field(default_factory=list)  # (time, height)
     samples: list[Sample] = field(default_factory=list)
     stderr: str = ""
+    listener_reconnects: int = 0  # commit notifications lost to a dropped connection
 
     def committed_at(self, height: int) -> float | None:
         for at, committed in self.commits:
@@ -187,6 +188,7 @@ class Figures:
     rss_samples: int = 0
     rss_marks: str = ""
     bench_cpu_s: float = math.nan  # this process (the devnet serving) during the catch-up
+    listener_reconnects: int = 0  # commit times after one are upper bounds
     ceiling_plays_per_s: float = math.nan
     ceiling_rows: int = 0
     tip_p50_ms: float = math.nan
@@ -435,12 +437,71 @@ def _proc_sample(pid: int) -> tuple[float, int, int] | None:
     return cpu_s, memory["VmRSS"], memory.get("VmHWM", memory["VmRSS"])
 
 
+class CommitListener:
+    """The checkpoint trigger's commit notifications, on a connection that may be lost.
+
+    A backfill of 100,000 busy blocks runs for an hour; a PostgreSQL restart in
+    that hour (another job on a shared machine) must cost a few notifications,
+    not the run. After a reconnect the checkpoint's height is read back and
+    recorded as committed at that moment: later than the true commit, never
+    earlier, and the reconnect is reported beside the figures.
+    """
+
+    def __init__(self, url: str, run: ConsumerRun) -> None:
+        self.url = url
+        self.run = run
+        self.height = 0
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+
+    async def connect(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        await conn.execute(f"LISTEN {CHANNEL}")
+        self._conn = conn
+        if self.run.commits or self.run.listener_reconnects:
+            cur = await conn.execute("SELECT coalesce(max(height), 0) FROM core_plays.checkpoint")
+            row = await cur.fetchone()
+            self._note(int(row[0]) if row else 0)
+
+    async def listen(self, quiet_s: float | None = None) -> None:
+        """Record commits until cancelled, or with `quiet_s` until a quiet spell."""
+        while True:
+            try:
+                assert self._conn is not None
+                async for note in self._conn.notifies(timeout=quiet_s):
+                    self._note(int(note.payload))
+                return
+            except psycopg.OperationalError as exc:
+                self.run.listener_reconnects += 1
+                _progress(f"commit listener lost its connection ({exc}); reconnecting")
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        await self.close()
+        while True:
+            try:
+                await self.connect()
+                return
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.5)
+
+    def _note(self, height: int) -> None:
+        if height > self.height:
+            self.height = height
+            self.run.commits.append((time.time(), height))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+
 async def run_consumer(core_url: str, db_url: str, *args: str) -> ConsumerRun:
     """Run `python -m consumer run` to completion, watching its commits, CPU and RSS."""
     run = ConsumerRun()
-    height = 0
-    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as listener:
-        await listener.execute(f"LISTEN {CHANNEL}")
+    listener = CommitListener(db_url, run)
+    await listener.connect()
+    try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
         argv = [
             sys.executable, "-m", "consumer", "run",
@@ -454,21 +515,15 @@ async def run_consumer(core_url: str, db_url: str, *args: str) -> ConsumerRun:
             # wait4: this child's own exit status and total CPU time.
             waiter = asyncio.ensure_future(asyncio.to_thread(os.wait4, proc.pid, 0))
 
-            async def listen() -> None:
-                nonlocal height
-                async for note in listener.notifies():
-                    height = max(height, int(note.payload))
-                    run.commits.append((time.time(), height))
-
             async def sample() -> None:
                 while True:
                     got = _proc_sample(proc.pid)
                     if got is not None:
                         cpu_s, rss_kb, run.maxrss_kb = got
-                        run.samples.append(Sample(time.time(), height, cpu_s, rss_kb))
+                        run.samples.append(Sample(time.time(), listener.height, cpu_s, rss_kb))
                     await asyncio.sleep(SAMPLE_EVERY_S)
 
-            tasks = [asyncio.ensure_future(listen()), asyncio.ensure_future(sample())]
+            tasks = [asyncio.ensure_future(listener.listen()), asyncio.ensure_future(sample())]
             try:
                 _, status, usage = await waiter
             finally:
@@ -478,11 +533,11 @@ async def run_consumer(core_url: str, db_url: str, *args: str) -> ConsumerRun:
                     await asyncio.gather(*tasks)
             proc.returncode = os.waitstatus_to_exitcode(status)
             # Notifications that arrived while the process was exiting.
-            async for note in listener.notifies(timeout=0.2):
-                height = max(height, int(note.payload))
-                run.commits.append((time.time(), height))
+            await listener.listen(quiet_s=0.2)
             err.seek(0)
             run.stderr = err.read().decode(errors="replace")
+    finally:
+        await listener.close()
     run.exit_code = proc.returncode
     run.cpu_s = usage.ru_utime + usage.ru_stime
     if run.exit_code != 0:
@@ -594,6 +649,7 @@ async def catch_up(scenario: Scenario, url: str, figures: Figures) -> None:
     figures.plays = await count_plays(url)
     figures.cpu_s = run.cpu_at(finished) - run.cpu_at(started)
     figures.maxrss_kb = run.maxrss_kb
+    figures.listener_reconnects = run.listener_reconnects
     figures.rss_slope_mb, figures.rss_samples = rss_slope_mb_per_10k(run.samples, blocks)
     figures.rss_marks = rss_profile(run.samples, blocks)
     _progress(
@@ -617,6 +673,7 @@ async def follow_tip(scenario: Scenario, url: str, figures: Figures) -> None:
     )
     async with tip:
         run = await run_consumer(tip.url, url, "--to-height", str(last))
+    figures.listener_reconnects += run.listener_reconnects
     latencies = []
     for height in range(first, last + 1):
         committed = run.committed_at(height)
@@ -813,6 +870,11 @@ async def main(argv: Sequence[str] | None = None) -> int:
             f"p50 {_fmt(f.floor_p50_ms, 1)} ms); RSS MB at "
             f"1/4, 1/2, 3/4, all of the blocks {f.rss_marks}, slope from {f.rss_samples} samples; "
             f"the devnet serving the catch-up used {_fmt(f.bench_cpu_s, 2)} CPU s"
+            + (
+                f"; the commit listener reconnected {f.listener_reconnects} times"
+                if f.listener_reconnects
+                else ""
+            )
         )
     print()
     print(table(results))

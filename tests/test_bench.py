@@ -6,14 +6,19 @@ the one the targets are for); the benchmark itself is where speed is judged.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from tests.conftest import ADMIN_URL
+from tests.conftest import ADMIN_URL, eventually
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")
@@ -82,3 +87,42 @@ def test_quick_mode_backfills_plays_for_the_profiles_that_carry_them(quick_repor
     assert rows["empty"]["plays"] == "0"
     assert int(rows["typical"]["plays"].replace(",", "")) > 0
     assert int(rows["busy"]["plays"].replace(",", "")) == 300 * 2 * 50
+
+
+def load_bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_commit_listener_survives_a_lost_connection() -> None:
+    """An hour-long memory run must not be lost to one dropped connection; the
+    commit made while it was down is read back from the checkpoint."""
+    bench = load_bench()
+    move = "UPDATE core_plays.checkpoint SET height = %s"
+    async with bench.fresh_database(ADMIN_URL, f"bench_listener_{os.getpid()}", notify=True) as url:
+        run = bench.ConsumerRun()
+        listener = bench.CommitListener(url, run)
+        await listener.connect()
+        task = asyncio.ensure_future(listener.listen())
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO core_plays.checkpoint (chain_id, stream, start_height, height, "
+                "block_hash, block_time, updated_at) VALUES ('c', 'live', 1, 5, 'h', now(), now())"
+            )
+            await eventually(lambda: listener.height == 5)
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
+            )
+            await conn.execute(move, (9,))  # while the listener is down
+            await eventually(lambda: run.listener_reconnects == 1)
+            await conn.execute(move, (12,))
+            await eventually(lambda: listener.height == 12)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await listener.close()
+    assert [height for _, height in run.commits] == [5, 9, 12]
