@@ -88,6 +88,16 @@ async def start_consumer(
     return consumer
 
 
+def flags(**values: object) -> list[str]:
+    """Command-line flags from keywords, in order: `flags(from_height=1, debug=True)`
+    is `["--from-height", "1", "--debug"]`."""
+    argv: list[str] = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
 async def run_once(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
 ) -> tuple[int, str, str]:

@@ -9,7 +9,7 @@ import psycopg
 
 from consumer.devnet import DevnetServer
 from tests.conftest import DevnetFactory, eventually
-from tests.procs import ConsumerProcess, run_once, start_consumer
+from tests.procs import ConsumerProcess, flags, run_once, start_consumer
 from tests.reference import expected_rows, plays_rows
 
 
@@ -39,16 +39,13 @@ async def _processed_at_least(consumer: ConsumerProcess, height: int) -> bool:
 async def test_to_height_ends_the_run_with_exit_zero(devnet: DevnetServer, database: str) -> None:
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        database,
-        "--from-height",
-        "1",
-        "--to-height",
-        "50",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url=devnet.url,
+            database_url=database,
+            from_height=1,
+            to_height=50,
+            metrics_addr="127.0.0.1:0",
+        ),
     )
     assert code == 0, err
 
@@ -73,14 +70,12 @@ async def test_an_unreachable_database_is_one_line_naming_it_without_the_passwor
 ) -> None:
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        "postgresql://app@127.0.0.1:1/plays",
-        "--connect-timeout-s",
-        "1",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url=devnet.url,
+            database_url="postgresql://app@127.0.0.1:1/plays",
+            connect_timeout_s=1,
+            metrics_addr="127.0.0.1:0",
+        ),
         env={"CORE_PLAYS_DATABASE_PASSWORD": "s3cret-pw"},
     )
     assert code == 2
@@ -94,14 +89,12 @@ async def test_an_unreachable_database_is_one_line_naming_it_without_the_passwor
 async def test_an_unreachable_node_is_one_line_naming_its_url(database: str) -> None:
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        "http://127.0.0.1:1",
-        "--database-url",
-        database,
-        "--connect-timeout-s",
-        "1",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url="http://127.0.0.1:1",
+            database_url=database,
+            connect_timeout_s=1,
+            metrics_addr="127.0.0.1:0",
+        ),
     )
     assert code == 2
     assert "cannot reach the Core node at http://127.0.0.1:1" in err
@@ -110,11 +103,7 @@ async def test_an_unreachable_node_is_one_line_naming_its_url(database: str) -> 
 
 async def test_a_password_in_the_database_url_flag_is_refused(devnet: DevnetServer) -> None:
     code, _, err = await run_once(
-        "run",
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        "postgresql://u:hunter2@127.0.0.1/db",
+        "run", *flags(core_url=devnet.url, database_url="postgresql://u:hunter2@127.0.0.1/db")
     )
     assert code == 2
     assert "CORE_PLAYS_DATABASE_PASSWORD" in err
@@ -123,10 +112,9 @@ async def test_a_password_in_the_database_url_flag_is_refused(devnet: DevnetServ
 async def test_a_missing_database_is_refused_at_once_without_showing_the_password() -> None:
     code, _, err = await run_once(
         "migrate",
-        "--database-url",
-        "postgresql://postgres@127.0.0.1:5432/cpc_no_such_db",
-        "--connect-timeout-s",
-        "30",
+        *flags(
+            database_url="postgresql://postgres@127.0.0.1:5432/cpc_no_such_db", connect_timeout_s=30
+        ),
         env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-not-shown"},
         timeout_s=20,
     )
@@ -147,16 +135,13 @@ async def test_status_reports_checkpoint_head_and_lag_as_json(
     devnet = await devnet_factory(height=80)
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        database,
-        "--from-height",
-        "1",
-        "--to-height",
-        "60",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url=devnet.url,
+            database_url=database,
+            from_height=1,
+            to_height=60,
+            metrics_addr="127.0.0.1:0",
+        ),
     )
     assert code == 0, err
     code, out, err = await run_once(
@@ -231,18 +216,14 @@ async def test_json_logs_are_one_object_per_line_and_never_show_the_password(
 ) -> None:
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        database,
-        "--from-height",
-        "1",
-        "--to-height",
-        "40",
-        "--log-format",
-        "json",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url=devnet.url,
+            database_url=database,
+            from_height=1,
+            to_height=40,
+            log_format="json",
+            metrics_addr="127.0.0.1:0",
+        ),
         env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-hidden"},
     )
     assert code == 0, err

@@ -11,7 +11,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.conftest import DevnetFactory
-from tests.procs import run_once
+from tests.procs import flags, run_once
 
 
 def error_lines(err: str) -> list[str]:
@@ -89,14 +89,9 @@ async def test_a_tls_url_against_a_plaintext_port_suggests_checking_the_scheme(
     tls_url = devnet.url.replace("http://", "https://")
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        tls_url,
-        "--database-url",
-        database,
-        "--connect-timeout-s",
-        "1",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url=tls_url, database_url=database, connect_timeout_s=1, metrics_addr="127.0.0.1:0"
+        ),
     )
     assert code == 2
     [line] = error_lines(err)
@@ -106,14 +101,12 @@ async def test_a_tls_url_against_a_plaintext_port_suggests_checking_the_scheme(
 async def test_an_unknown_host_is_one_line_naming_it(database: str) -> None:
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        "http://no-such-node.invalid:50051",
-        "--database-url",
-        database,
-        "--connect-timeout-s",
-        "1",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url="http://no-such-node.invalid:50051",
+            database_url=database,
+            connect_timeout_s=1,
+            metrics_addr="127.0.0.1:0",
+        ),
     )
     assert code == 2
     [line] = error_lines(err)
@@ -149,15 +142,13 @@ async def test_a_bad_environment_value_names_the_variable() -> None:
 async def test_debug_adds_the_traceback(database: str) -> None:
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        "http://127.0.0.1:1",
-        "--database-url",
-        database,
-        "--connect-timeout-s",
-        "1",
-        "--debug",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url="http://127.0.0.1:1",
+            database_url=database,
+            connect_timeout_s=1,
+            debug=True,
+            metrics_addr="127.0.0.1:0",
+        ),
     )
     assert code == 2
     assert "Traceback" in err

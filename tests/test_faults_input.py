@@ -9,7 +9,7 @@ import psycopg
 from consumer._pb.core.v1 import types_pb2
 from consumer.devnet import ChainSpec, DevChain, GeneratedTx, Profile, TxKind
 from tests.conftest import DevnetFactory
-from tests.procs import run_once
+from tests.procs import flags, run_once
 from tests.test_faults_node import Consumer
 
 # 30 transactions of 2,000 plays: about 5 MB a block, past gRPC's 4 MB default.
@@ -34,18 +34,14 @@ async def test_a_block_over_the_configured_limit_is_a_clear_error_naming_the_fla
     devnet = await devnet_factory(HUGE, height=2)
     code, _, err = await run_once(
         "run",
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        database,
-        "--from-height",
-        "1",
-        "--to-height",
-        "2",
-        "--max-message-bytes",
-        "1000000",
-        "--metrics-addr",
-        "127.0.0.1:0",
+        *flags(
+            core_url=devnet.url,
+            database_url=database,
+            from_height=1,
+            to_height=2,
+            max_message_bytes=1000000,
+            metrics_addr="127.0.0.1:0",
+        ),
     )
     assert code == 2
     assert "--max-message-bytes" in err

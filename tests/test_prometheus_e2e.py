@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from consumer.devnet import ChainSpec
 from tests.conftest import DevnetFactory, eventually
-from tests.procs import ConsumerProcess, free_port, start_consumer
+from tests.procs import ConsumerProcess, flags, free_port, start_consumer
 
 ROOT = Path(__file__).resolve().parent.parent
 USED_IN = [
@@ -37,14 +37,7 @@ async def running_consumer(
     spec = ChainSpec(genesis_time_s=int(time.time()) - 20, block_time_step_s=0.2)
     devnet = await devnet_factory(spec, height=100, block_interval_s=0.2)
     consumer = await start_consumer(
-        "--core-url",
-        devnet.url,
-        "--database-url",
-        database,
-        "--from-height",
-        "1",
-        "--head-refresh-s",
-        "0.5",
+        *flags(core_url=devnet.url, database_url=database, from_height=1, head_refresh_s="0.5")
     )
     try:
         yield consumer
