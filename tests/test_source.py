@@ -106,6 +106,30 @@ class GetBlocksRecorder(DevnetServer):
         return await super()._get_blocks(request, context)
 
 
+class FirstCallLastDevnet(DevnetServer):
+    """A node that answers the first GetBlocks call only after `later` other calls
+    have been answered: replies arrive in another order than the heights."""
+
+    def __init__(self, *args: Any, later: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.answer_order: list[int] = []  # first height of each reply, as sent
+        self._later = later
+        self._others_answered = asyncio.Event()
+
+    async def _get_blocks(
+        self, request: types_pb2.GetBlocksRequest, context: aio.ServicerContext[Any, Any]
+    ) -> view_pb2.GetBlocksResponseView:
+        self.calls += 1
+        if self.calls == 1:
+            await self._others_answered.wait()
+        reply = await super()._get_blocks(request, context)
+        self.answer_order.append(min(request.height))
+        if len(self.answer_order) >= self._later:
+            self._others_answered.set()
+        return reply
+
+
 class StatusAheadDevnet(DevnetServer):
     """A node whose GetStatus runs 5 blocks ahead of the blocks it serves, as behind
     a load balancer whose replicas stand at different heights."""
@@ -200,6 +224,21 @@ async def test_poll_mode_keeps_several_get_blocks_calls_in_flight(metrics: Metri
         ) as source,
     ):
         blocks = await collect(source, 1, 100)
+    assert heights(blocks) == list(range(1, 101))
+
+
+async def test_poll_mode_yields_in_height_order_when_replies_arrive_out_of_order(
+    metrics: Metrics,
+) -> None:
+    devnet = FirstCallLastDevnet(DevChain(ChainSpec()), height=100, later=2)
+    async with (
+        devnet,
+        open_source(
+            devnet, metrics, source_mode="poll", poll_window=10, poll_concurrency=3
+        ) as source,
+    ):
+        blocks = await collect(source, 1, 100)
+    assert devnet.answer_order[:3] == [11, 21, 1]  # the first window answered last
     assert heights(blocks) == list(range(1, 101))
 
 
