@@ -457,10 +457,11 @@ class CommitListener:
         conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
         await conn.execute(f"LISTEN {CHANNEL}")
         self._conn = conn
-        if self.run.commits or self.run.listener_reconnects:
-            cur = await conn.execute("SELECT coalesce(max(height), 0) FROM core_plays.checkpoint")
-            row = await cur.fetchone()
-            self._note(int(row[0]) if row else 0)
+        # What committed before LISTEN: nothing on a fresh start of the catch-up, the
+        # catch-up's last height for the tip, the outage's commits after a reconnect.
+        cur = await conn.execute("SELECT coalesce(max(height), 0) FROM core_plays.checkpoint")
+        row = await cur.fetchone()
+        self._note(int(row[0]) if row else 0)
 
     async def listen(self, quiet_s: float | None = None) -> None:
         """Record commits until cancelled, or with `quiet_s` until a quiet spell."""

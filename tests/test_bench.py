@@ -116,7 +116,7 @@ async def test_the_commit_listener_survives_a_lost_connection() -> None:
             await eventually(lambda: listener.height == 5)
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
             await eventually(lambda: run.listener_reconnects == 1)
             # Before the new LISTEN (read back) or after it (notified): seen either way.
