@@ -95,6 +95,7 @@ def decode_steps(block: Block) -> Generator[int, None, DecodedBlock]:
             quarantined=(
                 Quarantined(-1, block.hash or _sha256_hex(block.raw), block.raw, block.error),
             ),
+            via=block.via,
         )
 
     txs: list[DecodedTx] = []
@@ -143,6 +144,7 @@ def decode_steps(block: Block) -> Generator[int, None, DecodedBlock]:
         quarantined=tuple(quarantined),
         tx_types=tx_types,
         skipped=skipped,
+        via=block.via,
         repaired=repaired,
     )
 

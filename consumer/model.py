@@ -24,8 +24,20 @@ __all__ = [
     "Quarantined",
     "RawTx",
     "RepairReason",
+    "Rpc",
     "SkipReason",
 ]
+
+
+class Rpc(StrEnum):
+    """The node call that delivered a block. Deliveries can disagree (a node that
+    re-sorts GetBlocks, a stream that drops a transaction), so every ledger row
+    and every conflict says which call it came from."""
+
+    STREAM = "StreamBlocks"
+    GET_BLOCKS = "GetBlocks"
+    GET_BLOCK = "GetBlock"
+    UNKNOWN = ""
 
 
 class SkipReason(StrEnum):
@@ -72,6 +84,12 @@ class Block:
     txs: tuple[RawTx, ...]
     raw: bytes = b""
     error: str = ""
+    via: Rpc = Rpc.UNKNOWN
+
+    @classmethod
+    def unreadable(cls, height: int, raw: bytes, error: str, via: Rpc = Rpc.UNKNOWN) -> Block:
+        """A block whose envelope could not be read: quarantined whole, by height."""
+        return cls(height, "", "", 0, 0, (), raw=raw, error=error, via=via)
 
 
 class PlayRow(NamedTuple):
@@ -125,6 +143,7 @@ class DecodedBlock:
     tx_types: Mapping[str, int] = field(default_factory=dict)
     skipped: Mapping[SkipReason, int] = field(default_factory=dict)
     repaired: Mapping[RepairReason, int] = field(default_factory=dict)
+    via: Rpc = Rpc.UNKNOWN
 
     @property
     def play_count(self) -> int:

@@ -29,7 +29,7 @@ from consumer.backoff import Backoff
 from consumer.config import SourceSettings
 from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
 from consumer.metrics import Metrics
-from consumer.model import Block, RawTx
+from consumer.model import Block, RawTx, Rpc
 
 __all__ = [
     "BlockSource",
@@ -99,15 +99,15 @@ def parse_core_url(url: str) -> tuple[str, bool]:
     return f"{host}:{port}", tls
 
 
-def parse_block(raw: bytes, expected_height: int) -> Block:
+def parse_block(raw: bytes, expected_height: int, via: Rpc = Rpc.UNKNOWN) -> Block:
     """Read a block's envelope; an unreadable one becomes a Block carrying the error."""
     try:
         view = view_pb2.BlockView.FromString(raw)
     except DecodeError as exc:
-        return Block(expected_height, "", "", 0, 0, (), raw=raw, error=f"block envelope: {exc}")
+        return Block.unreadable(expected_height, raw, f"block envelope: {exc}", via)
     ts = view.timestamp
     txs = tuple(RawTx(tx.hash, tx.transaction) for tx in view.transactions)
-    return Block(view.height, view.hash, view.chain_id, ts.seconds, ts.nanos, txs)
+    return Block(view.height, view.hash, view.chain_id, ts.seconds, ts.nanos, txs, via=via)
 
 
 class CoreClient:
@@ -182,7 +182,7 @@ class CoreClient:
         reply = await self._unary(
             f"GetBlock({height})", self._get_block, types_pb2.GetBlockRequest(height=height)
         )
-        block = parse_block(reply.block, height)
+        block = parse_block(reply.block, height, Rpc.GET_BLOCK)
         if block.error == "" and block.height == -1:
             return None
         return block
@@ -317,19 +317,12 @@ class CoreSource:
         # concurrent streams would otherwise refuse our reconnect.
         async with contextlib.aclosing(self.client.stream_raw(start)) as raws:
             async for raw in raws:
-                block = parse_block(raw, expected)
+                block = parse_block(raw, expected, Rpc.STREAM)
                 if block.height < start:
                     # Below where this stream began, so not a repeat (an empty or zeroed
                     # envelope says height 0): an error block, as _poll makes, not a wedge.
-                    block = Block(
-                        expected,
-                        "",
-                        "",
-                        0,
-                        0,
-                        (),
-                        raw=raw,
-                        error=f"envelope says height {block.height}",
+                    block = Block.unreadable(
+                        expected, raw, f"envelope says height {block.height}", Rpc.STREAM
                     )
                 elif block.height < expected:
                     log.warning(
@@ -446,11 +439,9 @@ async def _cancel(calls: deque[_Call]) -> None:
 
 def _checked_block(raw: bytes, height: int) -> Block:
     """The block at `height`, or an error block if its envelope names another height."""
-    block = parse_block(raw, height)
+    block = parse_block(raw, height, Rpc.GET_BLOCKS)
     if block.error == "" and block.height != height:
-        return Block(
-            height, "", "", 0, 0, (), raw=raw, error=f"envelope says height {block.height}"
-        )
+        return Block.unreadable(height, raw, f"envelope says height {block.height}", Rpc.GET_BLOCKS)
     return block
 
 
