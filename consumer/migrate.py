@@ -1,18 +1,29 @@
 """Numbered SQL migrations, each applied once, in its own transaction.
 
-Every migration transaction starts by taking one transaction-scoped advisory
-lock, so two processes starting at once (two replicas, a backfill job) apply
-each migration exactly once and the loser simply finds it done.
+The migrator holds one session-level advisory lock while it works, so two
+processes starting at once (two replicas, a backfill job) apply each migration
+exactly once and the later one simply finds it done.
+
+A migration that must not block writers on a big table puts its slow,
+idempotent statements (CREATE INDEX CONCURRENTLY IF NOT EXISTS ...) before a
+line `-- transaction --`: they run one by one outside any transaction, under a
+session advisory lock, before the transactional part. That part sets its own
+`lock_timeout`; when it cannot get its locks in time (a writer's batch is open)
+it is rolled back and tried again, so writers never queue behind it for long.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import TupleRow
 
 from consumer.errors import ConfigError, SchemaMismatch
@@ -31,6 +42,10 @@ log = logging.getLogger(__name__)
 # Any constant works; this one is "core_plays" folded into a bigint.
 _MIGRATION_LOCK = 0x636F72655F706C61
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_TRANSACTION_MARK = "-- transaction --"
+# Waiting for a busy table's lock: how long between tries of the transactional part.
+_LOCK_RETRY_S = 0.5
+_LOCK_POLL_S = 0.1
 
 # The plays columns this service writes, with the types it needs.
 PLAYS_COLUMNS = {
@@ -60,7 +75,23 @@ CREATE TABLE IF NOT EXISTS core_plays.migrations (
 class Migration:
     version: int
     name: str
-    sql: str
+    sql: str  # the transactional part
+    online: tuple[str, ...] = ()  # statements run before it, outside any transaction
+
+    @classmethod
+    def parse(cls, version: int, name: str, text: str) -> Migration:
+        if _TRANSACTION_MARK not in text:
+            return cls(version, name, text)
+        before, _, after = text.partition(_TRANSACTION_MARK)
+        online = tuple(
+            statement.strip()
+            for statement in before.split(";\n")
+            if any(
+                line.strip() and not line.strip().startswith("--")
+                for line in statement.splitlines()
+            )
+        )
+        return cls(version, name, after, online)
 
 
 def migrations() -> list[Migration]:
@@ -68,7 +99,7 @@ def migrations() -> list[Migration]:
     for entry in resources.files("consumer.migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+            found.append(Migration.parse(int(match[1]), match[2], entry.read_text()))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
@@ -76,26 +107,103 @@ def migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(conn: psycopg.AsyncConnection[TupleRow]) -> list[int]:
-    """Apply what is missing; return the versions applied now. Safe to run concurrently."""
+async def apply_migrations(
+    conn: psycopg.AsyncConnection[TupleRow], up_to: int | None = None
+) -> list[int]:
+    """Apply what is missing (up to version `up_to`, for upgrade tests and
+    benchmarks); return the versions applied now. Safe to run concurrently."""
     applied_now = []
-    for migration in migrations():
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            await conn.execute(_BOOTSTRAP)
-            cur = await conn.execute(
-                "SELECT 1 FROM core_plays.migrations WHERE version = %s", (migration.version,)
-            )
-            if await cur.fetchone() is not None:
+    async with _migration_lock(conn):
+        for migration in migrations():
+            if up_to is not None and migration.version > up_to:
+                break
+            if not await _apply(conn, migration):
                 continue
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO core_plays.migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
-            )
             applied_now.append(migration.version)
             log.info("applied migration %04d_%s", migration.version, migration.name)
     return applied_now
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(conn: psycopg.AsyncConnection[TupleRow]) -> AsyncIterator[None]:
+    """One migrator at a time, by a session lock taken by polling.
+
+    Polling rather than waiting: CREATE INDEX CONCURRENTLY waits for every
+    transaction that started before it, so a second migrator blocked on a lock
+    inside a transaction would wait for the first while the first waits for it.
+    """
+    while True:
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        row = await cur.fetchone()
+        if row is not None and row[0]:
+            break
+        await asyncio.sleep(_LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+
+async def _apply(conn: psycopg.AsyncConnection[TupleRow], migration: Migration) -> bool:
+    """Apply one migration unless it is recorded as applied; under the migration lock."""
+    await conn.execute(_BOOTSTRAP)
+    cur = await conn.execute(
+        "SELECT 1 FROM core_plays.migrations WHERE version = %s", (migration.version,)
+    )
+    if await cur.fetchone() is not None:
+        return False
+    await _run_online(conn, migration)
+    while True:
+        try:
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO core_plays.migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+            return True
+        except psycopg.errors.LockNotAvailable:
+            log.warning(
+                "migration %04d_%s is waiting for writers to let go of a table; trying "
+                "again in %.1f s (writers are not held up meanwhile)",
+                migration.version,
+                migration.name,
+                _LOCK_RETRY_S,
+            )
+            await asyncio.sleep(_LOCK_RETRY_S)
+
+
+async def _run_online(conn: psycopg.AsyncConnection[TupleRow], migration: Migration) -> None:
+    """The statements that must not run in a transaction.
+
+    An index build that was interrupted (a kill, a lost session) leaves an
+    INVALID index that IF NOT EXISTS would then take for done: such leftovers in
+    our schema are dropped first, so the build starts again.
+    """
+    if not migration.online:
+        return
+    cur = await conn.execute(
+        """SELECT n.nspname, c.relname
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'core_plays' AND NOT i.indisvalid"""
+    )
+    for schema, index in await cur.fetchall():
+        log.warning("dropping the unfinished index %s left by an interrupted migration", index)
+        await conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(index)
+            )
+        )
+    for statement in migration.online:
+        log.info(
+            "migration %04d_%s: %s (writers go on meanwhile)",
+            migration.version,
+            migration.name,
+            next(line for line in statement.splitlines() if not line.startswith("--"))[:80],
+        )
+        await conn.execute(statement)
 
 
 async def prepare_database(conn: psycopg.AsyncConnection[TupleRow], safe_url: str) -> list[int]:

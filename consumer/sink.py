@@ -1,10 +1,13 @@
 """Writes decoded blocks and the checkpoint in one PostgreSQL transaction.
 
 Exactly-once is the ledger's job: a batch inserts one ledger row per play
-transaction with ON CONFLICT DO NOTHING RETURNING, and plays go in only for the
-transactions that came back. A replay, an overlapping backfill, a restart
-mid-batch or the same block in another transaction order therefore never
-reaches plays (and its on_play trigger) twice.
+transaction, keyed by the transaction's hash, with ON CONFLICT DO NOTHING
+RETURNING, and plays go in only for the transactions that came back. A replay,
+an overlapping backfill, a restart mid-batch or the same block in another
+transaction order therefore never reaches plays (and its on_play trigger)
+twice, and a transaction an earlier delivery lacked is written whenever it
+arrives. Where two deliveries disagree about positions, the disagreement is
+stored in core_plays.conflicts and returned, so it is never silent.
 
 The write path is the fastest set-based one measured on these machines: the
 batch's transactions and plays go by binary COPY into two temporary staging
@@ -24,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import NamedTuple
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -31,7 +35,7 @@ from psycopg.rows import TupleRow
 from consumer.errors import SinkUnavailable
 from consumer.model import Checkpoint, DecodedBlock, Quarantined
 
-__all__ = ["BatchResult", "PlaysSink", "read_checkpoint"]
+__all__ = ["BatchResult", "Conflict", "PlaysSink", "read_checkpoint"]
 
 # PostgreSQL refusing a value rather than failing: retrying the same rows can
 # never succeed, so these isolate the transaction instead of retrying.
@@ -39,47 +43,83 @@ _REFUSED = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
 
 # Created once per session (the lease's connection), always named with pg_temp
 # so that no table of the same name elsewhere on the search path can stand in.
-# `k` numbers the batch's transactions, `n` its plays in chain order.
+# `batch_tx` numbers the batch's transactions, `play_no` its plays in chain order.
 _CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_batch_txs (
-    k int NOT NULL, h bigint NOT NULL, i int NOT NULL, x text NOT NULL,
-    p int NOT NULL, s int NOT NULL, r text
+CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_staged_txs (
+    batch_tx int NOT NULL, height bigint NOT NULL, tx_index int NOT NULL,
+    tx_hash text NOT NULL, play_count int NOT NULL, skipped_count int NOT NULL,
+    skip_reasons text, rpc text NOT NULL, block_hash text NOT NULL
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_batch_plays (
-    n int NOT NULL, k int NOT NULL, u int, t int NOT NULL, c timestamp NOT NULL,
-    g text NOT NULL, ci text NOT NULL, r text NOT NULL, co text NOT NULL
+CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_staged_plays (
+    play_no int NOT NULL, batch_tx int NOT NULL, user_id int, play_item_id int NOT NULL,
+    created_at timestamp NOT NULL, signature text NOT NULL, city text NOT NULL,
+    region text NOT NULL, country text NOT NULL
 ) ON COMMIT DELETE ROWS
 """
-_COPY_TXS = "COPY pg_temp.core_plays_batch_txs (k, h, i, x, p, s, r) FROM STDIN (FORMAT BINARY)"
-_TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text")
-# The column order after (n, k) is PlayRow's, so a staged row is (n, k) + play.
-_COPY_PLAYS = (
-    "COPY pg_temp.core_plays_batch_plays (n, k, u, t, c, g, ci, r, co) FROM STDIN (FORMAT BINARY)"
-)
+_COPY_TXS = """COPY pg_temp.core_plays_staged_txs (batch_tx, height, tx_index, tx_hash,
+    play_count, skipped_count, skip_reasons, rpc, block_hash) FROM STDIN (FORMAT BINARY)"""
+_TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text", "text", "text")
+# The column order after (play_no, batch_tx) is PlayRow's, so a staged row is
+# (play_no, batch_tx) + play.
+_COPY_PLAYS = """COPY pg_temp.core_plays_staged_plays (play_no, batch_tx, user_id, play_item_id,
+    created_at, signature, city, region, country) FROM STDIN (FORMAT BINARY)"""
 _PLAY_TYPES = ("int4", "int4", "int4", "int4", "timestamp", "text", "text", "text", "text")
 
-# The ledger rows go in first, in batch order (so the first of two transactions
-# claiming one position wins, as it would in two batches); plays are joined on
-# the full ledger key including the hash, so only the transaction whose ledger
-# row was written brings its plays.
+# The ledger is keyed by the transaction's hash: whatever position a delivery
+# puts it at, a transaction is written once, and a transaction never seen before
+# is written wherever it arrives. Plays are joined on the full staged identity
+# (height, position, hash) of exactly the ledger rows that came back, so the same
+# transaction staged twice in a batch brings its plays once.
 _INSERT_LEDGER_AND_PLAYS = """
 WITH new AS (
     INSERT INTO core_plays.tx_ledger
-        (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, skip_reasons)
-    SELECT %(chain)s, h, i, x, p, s, r::jsonb FROM pg_temp.core_plays_batch_txs ORDER BY k
-    ON CONFLICT DO NOTHING
+        (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, skip_reasons,
+         rpc, block_hash)
+    SELECT %(chain)s, height, tx_index, tx_hash, play_count, skipped_count, skip_reasons::jsonb,
+           rpc, block_hash
+    FROM pg_temp.core_plays_staged_txs ORDER BY batch_tx
+    ON CONFLICT (chain_id, tx_hash) DO NOTHING
     RETURNING block_height, tx_index, tx_hash
 ), written AS (
     INSERT INTO plays (user_id, source, play_item_id, created_at, updated_at, slot,
                        signature, city, region, country)
-    SELECT p.u, 'relay', p.t, p.c, now(), t.h, p.g, p.ci, p.r, p.co
-    FROM pg_temp.core_plays_batch_plays p
-    JOIN pg_temp.core_plays_batch_txs t ON t.k = p.k
-    JOIN new ON new.block_height = t.h AND new.tx_index = t.i AND new.tx_hash = t.x
-    ORDER BY p.n
+    SELECT p.user_id, 'relay', p.play_item_id, p.created_at, now(), t.height, p.signature,
+           p.city, p.region, p.country
+    FROM pg_temp.core_plays_staged_plays p
+    JOIN pg_temp.core_plays_staged_txs t ON t.batch_tx = p.batch_tx
+    JOIN new ON new.block_height = t.height AND new.tx_index = t.tx_index
+            AND new.tx_hash = t.tx_hash
+    ORDER BY p.play_no
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM written)
+"""
+
+# Run after the ledger insert, in the same transaction: every staged transaction
+# that disagrees with the ledger about where it (or its position) belongs. Both
+# probes are index lookups (the hash key, the position index), and a staged
+# transaction that was just written finds only itself. A disagreement seen before
+# adds nothing (ON CONFLICT), so each one is counted and logged once.
+_RECORD_CONFLICTS = """
+INSERT INTO core_plays.conflicts
+    (chain_id, kind, block_height, tx_index, tx_hash, rpc,
+     other_height, other_index, other_hash, other_rpc)
+SELECT %(chain)s,
+       CASE WHEN l.block_height = t.height THEN 'moved' ELSE 'other_height' END,
+       t.height, t.tx_index, t.tx_hash, t.rpc, l.block_height, l.tx_index, l.tx_hash,
+       coalesce(l.rpc, '')
+FROM pg_temp.core_plays_staged_txs t
+JOIN core_plays.tx_ledger l ON l.chain_id = %(chain)s AND l.tx_hash = t.tx_hash
+WHERE (l.block_height, l.tx_index) <> (t.height, t.tx_index)
+UNION ALL
+SELECT %(chain)s, 'position_taken', t.height, t.tx_index, t.tx_hash, t.rpc,
+       l.block_height, l.tx_index, l.tx_hash, coalesce(l.rpc, '')
+FROM pg_temp.core_plays_staged_txs t
+JOIN core_plays.tx_ledger l ON l.chain_id = %(chain)s AND l.block_height = t.height
+                           AND l.tx_index = t.tx_index AND l.tx_hash <> t.tx_hash
+ON CONFLICT DO NOTHING
+RETURNING kind, block_height, tx_index, tx_hash, rpc, other_height, other_index, other_hash,
+          other_rpc
 """
 
 _INSERT_QUARANTINE = """
@@ -109,6 +149,27 @@ FROM core_plays.checkpoint WHERE chain_id = %s AND stream = %s
 """
 
 
+class Conflict(NamedTuple):
+    """Two deliveries that disagree about a transaction (see core_plays.conflicts)."""
+
+    kind: str
+    height: int
+    tx_index: int
+    tx_hash: str
+    rpc: str
+    other_height: int
+    other_index: int
+    other_hash: str
+    other_rpc: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}: {self.rpc} delivered tx {self.tx_hash} at height {self.height} "
+            f"position {self.tx_index}, where {self.other_rpc or 'an earlier delivery'} had "
+            f"tx {self.other_hash} at height {self.other_height} position {self.other_index}"
+        )
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What one committed batch did, for metrics and logs."""
@@ -123,6 +184,7 @@ class BatchResult:
     skipped: Counter[str] = field(default_factory=Counter)
     repaired: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    conflicts: list[Conflict] = field(default_factory=list)  # new ones only
 
     def merge(self, other: BatchResult) -> None:
         """Fold a later batch's result into this one (used when a batch is split)."""
@@ -138,6 +200,7 @@ class BatchResult:
             (self.quarantined, other.quarantined),
         ):
             mine.update(theirs)
+        self.conflicts.extend(other.conflicts)
 
 
 async def read_checkpoint(
@@ -165,12 +228,17 @@ class PlaysSink:
         stream: str,
         start_height: int,
         rewind: bool = False,
+        checkpoint: bool = True,
     ) -> None:
+        """`checkpoint=False` makes a repair writer (verify --repair, the audit):
+        it writes missing transactions through the same exactly-once path, ledger
+        first, and leaves the stream's progress alone."""
         self.conn = conn
         self.chain_id = chain_id
         self.stream = stream
         self.start_height = start_height
         self.rewind = rewind
+        self.checkpoint = checkpoint
         self._staging_ready = False
 
     async def write(self, batch: list[DecodedBlock]) -> BatchResult:
@@ -232,6 +300,8 @@ class PlaysSink:
         async with self.conn.transaction():
             await self._insert(staged)
             last = batch[-1]
+            if not self.checkpoint:
+                return staged.result
             await self.conn.execute(
                 _UPSERT_CHECKPOINT,
                 {
@@ -260,9 +330,11 @@ class PlaysSink:
                 # batches of thousands of rows after a later catch-up.
                 await cur.execute(_INSERT_LEDGER_AND_PLAYS, {"chain": self.chain_id}, prepare=False)
                 row = await cur.fetchone()
-            assert row is not None
-            new_txs, result.plays_written = row
-            result.duplicates = staged.occurrences - new_txs
+                assert row is not None
+                new_txs, result.plays_written = row
+                result.duplicates = staged.occurrences - new_txs
+                await cur.execute(_RECORD_CONFLICTS, {"chain": self.chain_id}, prepare=False)
+                result.conflicts = [Conflict(*found) for found in await cur.fetchall()]
         if staged.quarantined:
             heights, indexes, hashes, data, errors = zip(*staged.quarantined, strict=True)
             cur = await conn.execute(
@@ -280,7 +352,8 @@ class PlaysSink:
                 result.quarantined["block" if index == -1 else "transaction"] += 1
 
 
-_TxRow = tuple[int, int, int, str, int, int, str | None]  # k, height, tx_index, hash, ...
+# batch_tx, height, tx_index, hash, play_count, skipped_count, skip_reasons, rpc, block_hash
+_TxRow = tuple[int, int, int, str, int, int, str | None, str, str]
 _QuarantineRow = tuple[int, int, str, bytes, str]  # height, tx_index, hash, data, error
 
 
@@ -290,7 +363,7 @@ class _Staged:
 
     result: BatchResult
     txs: list[_TxRow] = field(default_factory=list)
-    plays: list[tuple[object, ...]] = field(default_factory=list)  # (n, k) + PlayRow
+    plays: list[tuple[object, ...]] = field(default_factory=list)  # (play_no, batch_tx) + PlayRow
     quarantined: list[_QuarantineRow] = field(default_factory=list)
     occurrences: int = 0  # play transactions in the batch, repeats included
 
@@ -311,6 +384,7 @@ def _stage(batch: list[DecodedBlock]) -> _Staged:
         if block.repaired:
             result.repaired.update(block.repaired)
         height = block.height
+        rpc, block_hash = str(block.via), block.hash
         for tx in block.txs:
             staged.occurrences += 1
             key = (height, tx.tx_index, tx.tx_hash)
@@ -319,7 +393,19 @@ def _stage(batch: list[DecodedBlock]) -> _Staged:
             seen.add(key)
             k = len(txs)
             reasons = json.dumps(tx.skip_reasons) if tx.skip_reasons else None
-            txs.append((k, height, tx.tx_index, tx.tx_hash, len(tx.plays), tx.skipped, reasons))
+            txs.append(
+                (
+                    k,
+                    height,
+                    tx.tx_index,
+                    tx.tx_hash,
+                    len(tx.plays),
+                    tx.skipped,
+                    reasons,
+                    rpc,
+                    block_hash,
+                )
+            )
             n = len(plays)
             plays.extend([(n + j, k, *play) for j, play in enumerate(tx.plays)])
         for q in block.quarantined:

@@ -39,6 +39,7 @@ async def test_a_fresh_database_gets_plays_and_the_core_plays_schema(empty_datab
     assert applied == [m.version for m in migrations()]
     assert tables == [
         "core_plays.checkpoint",
+        "core_plays.conflicts",
         "core_plays.migrations",
         "core_plays.quarantine",
         "core_plays.tx_ledger",
@@ -85,3 +86,52 @@ async def test_a_plays_table_without_a_written_column_is_refused_by_name(
         await apply_migrations(conn)
         with pytest.raises(SchemaMismatch, match=column):
             await check_plays_schema(conn)
+
+
+async def test_the_identity_migration_keeps_the_ledger_and_frees_positions(
+    empty_database: str,
+) -> None:
+    async with await connect(empty_database) as conn:
+        await apply_migrations(conn, up_to=3)
+        await conn.execute(
+            "INSERT INTO core_plays.tx_ledger (chain_id, block_height, tx_index, tx_hash, "
+            "play_count, skipped_count) VALUES ('c', 5, 0, 'A', 1, 0)"
+        )
+        assert await apply_migrations(conn) == [4]
+        # A different transaction at the position A holds is now a new row, not a replay.
+        await conn.execute(
+            "INSERT INTO core_plays.tx_ledger (chain_id, block_height, tx_index, tx_hash, "
+            "play_count, skipped_count) VALUES ('c', 5, 0, 'X', 1, 0) ON CONFLICT DO NOTHING"
+        )
+        duplicate = await conn.execute(
+            "INSERT INTO core_plays.tx_ledger (chain_id, block_height, tx_index, tx_hash, "
+            "play_count, skipped_count) VALUES ('c', 9, 3, 'A', 1, 0) ON CONFLICT DO NOTHING"
+        )
+        cur = await conn.execute(
+            "SELECT tx_hash, block_height, tx_index FROM core_plays.tx_ledger ORDER BY 1"
+        )
+        assert await cur.fetchall() == [("A", 5, 0), ("X", 5, 0)]
+        assert duplicate.rowcount == 0
+
+
+async def test_an_index_left_invalid_by_an_interrupted_migration_is_built_again(
+    empty_database: str,
+) -> None:
+    async with await connect(empty_database) as conn:
+        await apply_migrations(conn, up_to=3)
+        # What a killed CREATE INDEX CONCURRENTLY leaves: the index, marked invalid.
+        await conn.execute(
+            "CREATE INDEX tx_ledger_position ON core_plays.tx_ledger (chain_id, block_height)"
+        )
+        await conn.execute(
+            "UPDATE pg_index SET indisvalid = false "
+            "WHERE indexrelid = 'core_plays.tx_ledger_position'::regclass"
+        )
+        await apply_migrations(conn)
+        cur = await conn.execute(
+            "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indexrelid = 'core_plays.tx_ledger_position'::regclass"
+        )
+        valid, definition = await cur.fetchone() or (False, "")
+    assert valid
+    assert "tx_index" in definition

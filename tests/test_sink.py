@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import pytest_asyncio
 from psycopg.rows import TupleRow
 
-from consumer.model import DecodedBlock, DecodedTx, PlayRow, Quarantined
+from consumer.model import DecodedBlock, DecodedTx, PlayRow, Quarantined, Rpc
 from consumer.sink import PlaysSink, read_checkpoint
 
 CHAIN = "chain-a"
@@ -226,3 +227,69 @@ async def test_a_transaction_postgresql_refuses_is_quarantined_and_the_rest_writ
     assert checkpoint is not None and checkpoint.height == 2
     again = await sink_on(conn).write(batch)
     assert (again.plays_written, dict(again.quarantined)) == (0, {})
+
+
+def via(decoded: DecodedBlock, rpc: Rpc) -> DecodedBlock:
+    return replace(decoded, via=rpc)
+
+
+async def test_a_transaction_an_earlier_delivery_lacked_is_written_at_a_position_another_holds(
+    conn: Any,
+) -> None:
+    sink = sink_on(conn)
+    # The chain's block 5 is [X, A]; a stream that drops the first transaction sent [A].
+    await sink.write([via(block(5, tx(0, "A", 10)), Rpc.STREAM)])
+    repaired = await sink.write([via(block(5, tx(0, "X", 30, 31), tx(1, "A", 10)), Rpc.GET_BLOCKS)])
+    assert repaired.plays_written == 2
+    assert await rows(conn, "SELECT play_item_id FROM plays ORDER BY id") == [(10,), (30,), (31,)]
+    assert await rows(
+        conn, "SELECT tx_hash, block_height, tx_index, rpc FROM core_plays.tx_ledger ORDER BY 1"
+    ) == [("A", 5, 0, "StreamBlocks"), ("X", 5, 0, "GetBlocks")]
+
+
+async def test_deliveries_that_disagree_on_positions_are_stored_as_conflicts(conn: Any) -> None:
+    sink = sink_on(conn)
+    await sink.write([via(block(5, tx(0, "A", 10)), Rpc.STREAM)])
+    result = await sink.write([via(block(5, tx(0, "X", 30), tx(1, "A", 10)), Rpc.GET_BLOCKS)])
+    assert sorted(
+        (c.kind, c.tx_hash, c.rpc, c.other_hash, c.other_rpc) for c in result.conflicts
+    ) == [
+        ("moved", "A", "GetBlocks", "A", "StreamBlocks"),
+        ("position_taken", "X", "GetBlocks", "A", "StreamBlocks"),
+    ]
+    assert await rows(
+        conn,
+        "SELECT kind, block_height, tx_index, tx_hash, other_index, other_hash "
+        "FROM core_plays.conflicts ORDER BY kind",
+    ) == [("moved", 5, 1, "A", 0, "A"), ("position_taken", 5, 0, "X", 0, "A")]
+
+
+async def test_a_conflict_met_again_is_stored_and_returned_once(conn: Any) -> None:
+    sink = sink_on(conn)
+    await sink.write([via(block(5, tx(0, "A", 10), tx(1, "B", 20)), Rpc.STREAM)])
+    resorted = via(block(5, tx(0, "B", 20), tx(1, "A", 10)), Rpc.GET_BLOCKS)
+    first = await sink.write([resorted])
+    again = await sink.write([resorted])
+    assert len(first.conflicts) == 4  # each moved, each on a taken position
+    assert again.conflicts == []
+    assert await rows(conn, "SELECT count(*) FROM core_plays.conflicts") == [(4,)]
+
+
+async def test_a_transaction_delivered_again_at_another_height_is_written_once(conn: Any) -> None:
+    result = await sink_on(conn).write([block(5, tx(0, "A", 10)), block(9, tx(0, "A", 10))])
+    assert result.plays_written == 1
+    assert [(c.kind, c.height, c.other_height) for c in result.conflicts] == [
+        ("other_height", 9, 5)
+    ]
+
+
+async def test_a_repair_writer_writes_missing_transactions_without_moving_the_checkpoint(
+    conn: Any,
+) -> None:
+    await sink_on(conn).write([block(8, tx(0, "A", 10))])
+    repair = PlaysSink(conn, CHAIN, "live", start_height=1, checkpoint=False)
+    result = await repair.write([block(3, tx(0, "M", 40), tx(1, "N", 41))])
+    assert result.plays_written == 2
+    checkpoint = await read_checkpoint(conn, CHAIN, "live")
+    assert checkpoint is not None
+    assert checkpoint.height == 8
