@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(devnet, _LOGGING)
 
     _add_backfill_commands(sub)
+    _add_verify_command(sub)
 
     demo = sub.add_parser("demo", help="embedded PostgreSQL + devnet + run, with progress")
     _add_devnet_options(demo, height=1000, interval=0.02)
@@ -146,6 +147,54 @@ def _add_backfill_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add_options(gaps, ("stream", *database))
 
 
+def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="compare plays with the chain over --from-height..--to-height "
+        "(exit 0 match, 1 differences, 2 errors)",
+        description="Re-read the heights through GetBlocks and compare each block's hash, "
+        "every plays transaction's hash and play count with the ledger, and the rows in plays "
+        "at each slot with the rows the block maps to. --repair writes what is missing through "
+        "the exactly-once path and never deletes.",
+    )
+    add_options(
+        verify,
+        (
+            "core-url",
+            "rpc-timeout-s",
+            "connect-timeout-s",
+            "max-message-bytes",
+            "poll-concurrency",
+            "database-url",
+            "database-password-file",
+            "from-height",
+            "to-height",
+            *_LOGGING,
+        ),
+    )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="write missing transactions (ledger first, never deletes) [default: off]",
+    )
+    verify.add_argument(
+        "--pruned-before",
+        type=float,
+        default=400.0,
+        metavar="DAYS",
+        help="rows older than this may have been pruned by the api: reported as "
+        "pruned_or_missing, not missing [default: 400]",
+    )
+    verify.add_argument(
+        "--max-differences",
+        type=int,
+        default=20,
+        metavar="N",
+        help="how many differences to list [default: 20]",
+    )
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def _add_devnet_options(
     parser: argparse.ArgumentParser, height: int = 100, interval: float = 1.0
 ) -> None:
@@ -211,6 +260,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         asyncio.run(migrate_command(settings))
         return 0
+    if command == "verify":
+        from consumer.verify_command import verify_command
+
+        return verify_command(args, settings)
     if command == "status":
         from consumer.admin import status_command
 

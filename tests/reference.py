@@ -12,6 +12,8 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from consumer._pb.core.v1 import types_pb2
 from consumer.devnet import DevChain, TxKind
 
@@ -90,3 +92,30 @@ async def plays_rows(conn: Any) -> Counter[Row]:
         "FROM plays"
     )
     return Counter(tuple(r) for r in await cur.fetchall())
+
+
+async def assert_aggregates_exact(database: str) -> None:
+    """aggregate_plays and the monthly aggregate equal the plays actually present."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute("""
+            SELECT count(*) FROM (
+              SELECT play_item_id, count(*) AS n FROM plays GROUP BY 1
+            ) p FULL JOIN aggregate_plays a USING (play_item_id)
+            WHERE p.n IS DISTINCT FROM a.count""")
+        assert await cur.fetchone() == (0,)
+        cur = await conn.execute("""
+            SELECT count(*) FROM (
+              SELECT play_item_id, date_trunc('month', created_at)::date AS m,
+                     coalesce(country, '') AS country, count(*) AS n FROM plays GROUP BY 1, 2, 3
+            ) p FULL JOIN aggregate_monthly_plays a
+              ON a.play_item_id = p.play_item_id AND a."timestamp" = p.m AND a.country = p.country
+            WHERE p.n IS DISTINCT FROM a.count""")
+        assert await cur.fetchone() == (0,)
+
+
+async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        rows = await plays_rows(conn)
+    return Counter(
+        {r: n for r, n in rows.items() if r[4] is None or not str(r[4]).startswith("legacy-")}
+    )

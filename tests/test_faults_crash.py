@@ -18,8 +18,7 @@ import psycopg
 from consumer.devnet import ChainSpec
 from tests.conftest import DevnetFactory, eventually
 from tests.procs import ConsumerProcess, run_once, start_consumer
-from tests.reference import expected_rows
-from tests.test_exactly_once import assert_aggregates_exact, new_plays
+from tests.reference import assert_aggregates_exact, expected_rows, new_plays
 
 KILLS = int(os.environ.get("CORE_PLAYS_TEST_KILLS", "6"))
 
