@@ -38,9 +38,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
-from consumer.model import DecodedBlock, DecodedTx, PlayRow
+from consumer.model import DecodedBlock, DecodedTx, DifferenceKind, PlayRow
 
 __all__ = [
     "Difference",
@@ -49,19 +48,6 @@ __all__ = [
     "LedgerEntry",
     "compare_blocks",
 ]
-
-
-class DifferenceKind(StrEnum):
-    """Kinds of difference; the values are metric labels and JSON keys."""
-
-    MISSING = "missing"
-    EXTRA = "extra"
-    PLAY_COUNT = "play_count"
-    BLOCK_HASH = "block_hash"
-    QUARANTINED = "quarantined"
-    MISSING_ROWS = "missing_rows"
-    EXTRA_ROWS = "extra_rows"
-    PRUNED_OR_MISSING = "pruned_or_missing"
 
 
 @dataclass(frozen=True, slots=True)

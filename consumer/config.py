@@ -155,6 +155,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     debug: bool = False
+    no_audit: bool = False
+    audit_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.from_height is not None and self.from_height < 1:
@@ -169,6 +171,7 @@ class Settings:
             raise ConfigError(
                 f"--to-height {self.to_height} is below --from-height {self.from_height}"
             )
+        _positive("audit_interval_s", self.audit_interval_s)
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -340,6 +343,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("log-format", "", str, "text or json.", choices=("text", "json")),
     Option("log-level", "", str, "debug, info, warning or error."),
     Option("debug", "", _bool, "Print tracebacks for errors.", is_switch=True),
+    Option(
+        "no-audit",
+        "",
+        _bool,
+        "Turn off the continuous audit (stream-delivered blocks re-read through GetBlocks "
+        "and repaired; a bounded run then ends without waiting for it).",
+        is_switch=True,
+    ),
+    Option(
+        "audit-interval-s",
+        "",
+        float,
+        "How often the continuous audit re-reads what the stream delivered.",
+    ),
 )
 
 

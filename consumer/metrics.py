@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from consumer.model import RepairReason, SkipReason
+from consumer.model import ConflictKind, DifferenceKind, RepairReason, SkipReason
 
 __all__ = ["PREFIX", "QUARANTINE_KINDS", "Metrics"]
 
@@ -107,6 +107,26 @@ class Metrics:
             buckets=_FETCH_BUCKETS,
             registry=registry,
         )
+        self.source_conflicts_total = counter(
+            "source_conflicts_total",
+            "Deliveries that disagree with the ledger about a transaction's place, by kind "
+            "(each distinct one counted once; see core_plays.conflicts).",
+            ("kind",),
+        )
+        self.audit_mismatches_total = counter(
+            "audit_mismatches_total",
+            "Differences the continuous audit found between a delivered block and the same "
+            "block re-read through GetBlocks, by kind (missing ones are repaired).",
+            ("kind",),
+        )
+        self.audit_repaired_plays_total = counter(
+            "audit_repaired_plays_total", "Plays the continuous audit wrote that a delivery lacked."
+        )
+        self.audited_height = gauge(
+            "audited_height",
+            "Every height at or below this was delivered by GetBlocks or compared with it.",
+        )
+        self.audited_height.set(math.nan)
         self.batch_blocks = Histogram(
             PREFIX + "batch_blocks",
             "Blocks per committed batch.",
@@ -124,6 +144,10 @@ class Metrics:
             self.quarantined_total.labels(kind)
         for target in ("node", "database"):
             self.reconnects_total.labels(target)
+        for conflict in ConflictKind:
+            self.source_conflicts_total.labels(conflict.value)
+        for difference in DifferenceKind:
+            self.audit_mismatches_total.labels(difference.value)
 
     def _lag_blocks(self) -> float:
         # NaN (unknown) rather than 0 until both ends are known: a zero would

@@ -18,8 +18,10 @@ from typing import NamedTuple
 __all__ = [
     "Block",
     "Checkpoint",
+    "ConflictKind",
     "DecodedBlock",
     "DecodedTx",
+    "DifferenceKind",
     "PlayRow",
     "Quarantined",
     "RawTx",
@@ -38,6 +40,29 @@ class Rpc(StrEnum):
     GET_BLOCKS = "GetBlocks"
     GET_BLOCK = "GetBlock"
     UNKNOWN = ""
+
+
+class ConflictKind(StrEnum):
+    """How a delivery disagrees with the ledger about a transaction's place; the
+    values are core_plays.conflicts.kind and `source_conflicts_total{kind}`."""
+
+    MOVED = "moved"  # a written transaction, at another position of its block
+    OTHER_HEIGHT = "other_height"  # a written transaction, again at another height
+    POSITION_TAKEN = "position_taken"  # another transaction, at a written one's position
+
+
+class DifferenceKind(StrEnum):
+    """What `verify` and the audit find between the chain and what was written; the
+    values are `audit_mismatches_total{kind}` and verify's JSON keys (consumer.compare)."""
+
+    MISSING = "missing"
+    EXTRA = "extra"
+    PLAY_COUNT = "play_count"
+    BLOCK_HASH = "block_hash"
+    QUARANTINED = "quarantined"
+    MISSING_ROWS = "missing_rows"
+    EXTRA_ROWS = "extra_rows"
+    PRUNED_OR_MISSING = "pruned_or_missing"
 
 
 class SkipReason(StrEnum):

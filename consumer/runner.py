@@ -33,6 +33,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from consumer import __version__
+from consumer.audit import Auditor
 from consumer.backoff import Backoff
 from consumer.batching import BlockQueue
 from consumer.config import Settings
@@ -62,6 +63,7 @@ _STOP = object()
 # Plays decoded between two turns of the loop: ~0.25 ms of decode (see decode_steps).
 _DECODE_SLICE_PLAYS = 64
 _ODD_LOG_INTERVAL_S = 60.0
+_CONFLICTS_LOGGED = 10  # per batch; the rest are summed in one line
 # Messages from libpq that no amount of waiting fixes.
 _PERMANENT_DB_ERRORS = (
     "password authentication failed",
@@ -242,7 +244,18 @@ class Runner:
                 start,
                 rewind=sink_settings.rewind_checkpoint,
             )
-            done = await self._pipeline(source, sink, lease, start, end)
+            auditor = None
+            if not self.settings.no_audit:
+                auditor = Auditor(
+                    client,
+                    self.settings.source,
+                    sink_settings.conninfo,
+                    self.chain_id,
+                    sink_settings.stream,
+                    self.settings.audit_interval_s,
+                    self.metrics,
+                )
+            done = await self._pipeline(source, sink, lease, start, end, auditor)
             self._backoff.reset()
             return done
         except _Stopped:
@@ -357,7 +370,13 @@ class Runner:
     # --- the pipeline -------------------------------------------------------
 
     async def _pipeline(
-        self, source: CoreSource, sink: PlaysSink, lease: Lease, start: int, end: int | None
+        self,
+        source: CoreSource,
+        sink: PlaysSink,
+        lease: Lease,
+        start: int,
+        end: int | None,
+        auditor: Auditor | None,
     ) -> bool:
         batch = self.settings.batch
         # Plays bound: one full batch ready behind the one being written, so the
@@ -367,11 +386,17 @@ class Runner:
             async with asyncio.TaskGroup() as tg:
                 producer = tg.create_task(self._produce(source, queue, start, end))
                 watcher = tg.create_task(self._watch(source, lease))
+                audit = tg.create_task(auditor.run()) if auditor else None
                 try:
-                    return await self._consume(queue, sink)
+                    done = await self._consume(queue, sink, auditor)
+                    if done and end is not None and auditor is not None:
+                        await self._until_audited(auditor, end)
+                    return done
                 finally:
                     producer.cancel()
                     watcher.cancel()
+                    if audit is not None:
+                        audit.cancel()
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
@@ -398,7 +423,22 @@ class Runner:
                 self.metrics.source_errors_total.labels(exc.code).inc()
             await lease.check()
 
-    async def _consume(self, queue: BlockQueue, sink: PlaysSink) -> bool:
+    async def _until_audited(self, auditor: Auditor, end: int) -> None:
+        """A bounded run ends verified: every height of it audited (or stopped)."""
+        if auditor.audited_height >= end or self.stop.is_set():
+            return
+        log.info("--to-height %d written; waiting for the audit to re-read it", end)
+        waiter = asyncio.ensure_future(auditor.until_audited(end))
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        if auditor.audited_height >= end:
+            log.info("audited up to height %d", end)
+
+    async def _consume(self, queue: BlockQueue, sink: PlaysSink, auditor: Auditor | None) -> bool:
         """Write batches until the source ends or stop is set (see consumer.batching)."""
         limits = self.settings.batch
         stopper: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
@@ -417,6 +457,8 @@ class Runner:
                 result = await sink.write(batch)
                 self._resume_at = result.height + 1
                 self._observe(result)
+                if auditor is not None:
+                    auditor.written(batch)
                 if finished or self.stop.is_set():
                     return True
         finally:
@@ -454,6 +496,7 @@ class Runner:
                 result.height,
                 dict(result.quarantined),
             )
+        self._log_conflicts(result)
         self._log_odd_plays(result)
         log.debug(
             "committed %d blocks to height %d: %d plays, %d duplicate txs, %.1f ms",
@@ -463,6 +506,19 @@ class Runner:
             result.duplicates,
             result.seconds * 1000,
         )
+
+    def _log_conflicts(self, result: BatchResult) -> None:
+        """Each new disagreement between deliveries once (the table keeps them all)."""
+        for conflict in result.conflicts:
+            self.metrics.source_conflicts_total.labels(conflict.kind).inc()
+        for conflict in result.conflicts[:_CONFLICTS_LOGGED]:
+            log.warning("delivery conflict: %s", conflict.describe())
+        if len(result.conflicts) > _CONFLICTS_LOGGED:
+            log.warning(
+                "%d more delivery conflicts up to height %d (see core_plays.conflicts)",
+                len(result.conflicts) - _CONFLICTS_LOGGED,
+                result.height,
+            )
 
     def _log_odd_plays(self, result: BatchResult) -> None:
         """Skips and repairs at info level, summed over at most one line a minute:

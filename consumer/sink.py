@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.errors import SinkUnavailable
-from consumer.model import Checkpoint, DecodedBlock, Quarantined
+from consumer.model import Checkpoint, ConflictKind, DecodedBlock, Quarantined
 
 __all__ = ["BatchResult", "Conflict", "PlaysSink", "read_checkpoint"]
 
@@ -105,14 +105,14 @@ INSERT INTO core_plays.conflicts
     (chain_id, kind, block_height, tx_index, tx_hash, rpc,
      other_height, other_index, other_hash, other_rpc)
 SELECT %(chain)s,
-       CASE WHEN l.block_height = t.height THEN 'moved' ELSE 'other_height' END,
+       CASE WHEN l.block_height = t.height THEN %(moved)s ELSE %(other_height)s END,
        t.height, t.tx_index, t.tx_hash, t.rpc, l.block_height, l.tx_index, l.tx_hash,
        coalesce(l.rpc, '')
 FROM pg_temp.core_plays_staged_txs t
 JOIN core_plays.tx_ledger l ON l.chain_id = %(chain)s AND l.tx_hash = t.tx_hash
 WHERE (l.block_height, l.tx_index) <> (t.height, t.tx_index)
 UNION ALL
-SELECT %(chain)s, 'position_taken', t.height, t.tx_index, t.tx_hash, t.rpc,
+SELECT %(chain)s, %(position_taken)s, t.height, t.tx_index, t.tx_hash, t.rpc,
        l.block_height, l.tx_index, l.tx_hash, coalesce(l.rpc, '')
 FROM pg_temp.core_plays_staged_txs t
 JOIN core_plays.tx_ledger l ON l.chain_id = %(chain)s AND l.block_height = t.height
@@ -239,6 +239,10 @@ class PlaysSink:
         self.start_height = start_height
         self.rewind = rewind
         self.checkpoint = checkpoint
+        self._conflict_params = {
+            "chain": chain_id,
+            **{k.name.lower(): k.value for k in ConflictKind},
+        }
         self._staging_ready = False
 
     async def write(self, batch: list[DecodedBlock]) -> BatchResult:
@@ -333,7 +337,7 @@ class PlaysSink:
                 assert row is not None
                 new_txs, result.plays_written = row
                 result.duplicates = staged.occurrences - new_txs
-                await cur.execute(_RECORD_CONFLICTS, {"chain": self.chain_id}, prepare=False)
+                await cur.execute(_RECORD_CONFLICTS, self._conflict_params, prepare=False)
                 result.conflicts = [Conflict(*found) for found in await cur.fetchall()]
         if staged.quarantined:
             heights, indexes, hashes, data, errors = zip(*staged.quarantined, strict=True)

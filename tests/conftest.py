@@ -173,7 +173,7 @@ def make_settings(core_url: str, database_url: str, **overrides: Any) -> Setting
     }
     batch: dict[str, Any] = {}
     http: dict[str, Any] = {"metrics_addr": "127.0.0.1:0"}
-    top: dict[str, Any] = {}
+    top: dict[str, Any] = {"audit_interval_s": 0.2}
     for key, value in overrides.items():
         for section, cls in (
             (source, SourceSettings),

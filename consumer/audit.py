@@ -1,0 +1,231 @@
+"""The continuous audit: no block delivered by the stream is trusted on its own.
+
+Every block the writer commits from a delivery other than GetBlocks (the stream
+at the tip) is read again through GetBlocks a little later, in windows, and
+compared by transaction hashes with the ledger (consumer.compare). A plays
+transaction the first delivery lacked (a node that sends stream blocks without
+their first transaction does exist) is written through the sink's exactly-once
+path, ledger first; every difference is counted, logged at ERROR and stored in
+core_plays.conflicts. Blocks that came through GetBlocks are the audit's own
+reference path, so catching up through GetBlocks costs the audit nothing.
+
+The auditor owns one connection of its own (never the writer's), and keeps
+`core_plays.checkpoint.audited_height` so that a restart re-reads whatever was
+written but not yet audited. Pending heights are kept as ranges, so a long
+catch-up through the stream costs a few integers, not one per block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import psycopg
+from prometheus_client import CollectorRegistry
+from psycopg.rows import TupleRow
+
+from consumer.compare import compare_blocks
+from consumer.config import SourceSettings
+from consumer.decode import decode_block
+from consumer.errors import SourceUnavailable
+from consumer.metrics import Metrics
+from consumer.model import DecodedBlock, DifferenceKind, Rpc
+from consumer.sink import PlaysSink
+from consumer.source import CoreClient, CoreSource
+from consumer.verify import read_written, record_differences
+
+__all__ = ["Auditor"]
+
+log = logging.getLogger(__name__)
+
+_WINDOW = 500  # heights compared per round trip, as verify does
+_LOGGED_PER_ROUND = 10  # ERROR lines per round before a summary line
+
+_READ_AUDITED = """
+SELECT height, audited_height FROM core_plays.checkpoint WHERE chain_id = %s AND stream = %s
+"""
+_SAVE_AUDITED = """
+UPDATE core_plays.checkpoint SET audited_height = greatest(coalesce(audited_height, 0), %s)
+WHERE chain_id = %s AND stream = %s
+"""
+
+
+class Auditor:
+    """Follows the writer's commits and re-reads what the stream delivered."""
+
+    def __init__(
+        self,
+        client: CoreClient,
+        source_settings: SourceSettings,
+        conninfo: str,
+        chain_id: str,
+        stream: str,
+        interval_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self.client = client
+        self.chain_id = chain_id
+        self.stream = stream
+        self.interval_s = interval_s
+        self.metrics = metrics
+        self._conninfo = conninfo
+        # GetBlocks whatever the service follows with; its fetches are not the
+        # pipeline's, so they do not go into the pipeline's fetch histogram.
+        self._source = CoreSource(
+            client, replace(source_settings, source_mode="poll"), Metrics(CollectorRegistry())
+        )
+        self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
+        self._committed = 0
+        self._saved = 0
+        self._advanced = asyncio.Event()  # audited_height moved
+        self.audited_height = 0
+        self._shown = math.nan  # what the gauge shows: NaN until known
+
+    # --- what the writer tells it --------------------------------------------
+
+    def resume(self, checkpoint_height: int, audited_height: int | None) -> None:
+        """After a restart: what was written but not yet audited is audited first.
+        No audited height at all (a ledger from before the audit) audits nothing
+        old: `verify` is the tool for history."""
+        self._committed = max(self._committed, checkpoint_height)
+        if audited_height is not None and audited_height < checkpoint_height:
+            self._add(audited_height + 1, checkpoint_height)
+        self._advance()
+
+    def written(self, blocks: Sequence[DecodedBlock]) -> None:
+        """Called after each commit with the batch just written."""
+        for block in blocks:
+            if block.via is not Rpc.GET_BLOCKS:
+                self._add(block.height, block.height)
+        self._committed = max(self._committed, blocks[-1].height)
+        self._advance()
+
+    async def until_audited(self, height: int) -> None:
+        """Return once every height up to `height` is audited (a bounded run's end)."""
+        while self.audited_height < height:
+            self._advanced.clear()
+            await self._advanced.wait()
+
+    # --- the audit -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Audit pending heights every `interval_s`, until cancelled with the session."""
+        conn: psycopg.AsyncConnection[TupleRow] | None = None
+        try:
+            while True:
+                # A little later: what the stream delivered in the last interval is
+                # read again in one call (one small call every few seconds at the tip).
+                await asyncio.sleep(self.interval_s)
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self._connect()
+                    await self._audit_pending(conn)
+                    await self._save(conn)
+                except (psycopg.OperationalError, SourceUnavailable) as exc:
+                    log.warning("audit paused (%s); trying again in %.0f s", exc, self.interval_s)
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, application_name="core-plays-consumer-audit"
+        )
+        if not self._saved:  # first connection of this session: where the last one stopped
+            cur = await conn.execute(_READ_AUDITED, (self.chain_id, self.stream))
+            row = await cur.fetchone()
+            if row is not None:
+                self._saved = row[1] or 0
+                self.resume(row[0], row[1])
+        return conn
+
+    async def _audit_pending(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        while self._pending:
+            low, high = self._pending[0]
+            high = min(high, low + _WINDOW - 1)
+            blocks = [
+                decode_block(block)
+                async for block in self._source.blocks(low, high)  # waits, never skips
+            ]
+            await self._compare(conn, blocks)
+            self._remove(low, high)
+            self._advance()
+
+    async def _compare(
+        self, conn: psycopg.AsyncConnection[TupleRow], blocks: list[DecodedBlock]
+    ) -> None:
+        ledger, elsewhere, quarantined, _ = await read_written(
+            conn, self.chain_id, blocks, rows=False
+        )
+        found = compare_blocks(blocks, ledger, elsewhere, quarantined, plays=None)
+        if not found.differences:
+            return
+        for kind, n in found.counts().items():
+            self.metrics.audit_mismatches_total.labels(kind.value).inc(n)
+        written = 0
+        if found.missing:
+            repair = PlaysSink(conn, self.chain_id, self.stream, 0, checkpoint=False)
+            result = await repair.write(found.missing)
+            written = result.plays_written
+            self.metrics.audit_repaired_plays_total.inc(written)
+            for conflict in result.conflicts:
+                self.metrics.source_conflicts_total.labels(conflict.kind).inc()
+        await record_differences(conn, self.chain_id, found.differences)
+        for difference in found.differences[:_LOGGED_PER_ROUND]:
+            repaired = " (repaired)" if difference.kind is DifferenceKind.MISSING else ""
+            log.error(
+                "audit: a delivered block differs from the same block re-read through "
+                "GetBlocks: %s%s",
+                difference.describe(),
+                repaired,
+            )
+        if len(found.differences) > _LOGGED_PER_ROUND:
+            log.error(
+                "audit: %d more differences in heights %d..%d (see core_plays.conflicts)",
+                len(found.differences) - _LOGGED_PER_ROUND,
+                blocks[0].height,
+                blocks[-1].height,
+            )
+        if written:
+            log.error("audit: wrote %d plays that the first delivery lacked", written)
+
+    async def _save(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        if self.audited_height > self._saved:
+            await conn.execute(_SAVE_AUDITED, (self.audited_height, self.chain_id, self.stream))
+            self._saved = self.audited_height
+
+    # --- pending ranges ------------------------------------------------------
+
+    def _add(self, low: int, high: int) -> None:
+        """Insert [low, high], merging with any range it touches."""
+        kept: list[list[int]] = []
+        for existing in self._pending:
+            if existing[1] < low - 1 or existing[0] > high + 1:
+                kept.append(existing)
+            else:
+                low, high = min(low, existing[0]), max(high, existing[1])
+        kept.append([low, high])
+        kept.sort()
+        self._pending = kept
+
+    def _remove(self, low: int, high: int) -> None:
+        """Drop [low, high] from the front range (the audit works front to back)."""
+        first = self._pending[0]
+        if high >= first[1]:
+            self._pending.pop(0)
+        else:
+            first[0] = high + 1
+
+    def _advance(self) -> None:
+        frontier = self._pending[0][0] - 1 if self._pending else self._committed
+        if frontier > self.audited_height or math.isnan(self._shown):
+            self.audited_height = max(self.audited_height, frontier)
+            self._shown = float(self.audited_height)
+            self.metrics.audited_height.set(self.audited_height)
+            self._advanced.set()
