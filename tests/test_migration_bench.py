@@ -26,6 +26,7 @@ TABLE = [
     "commits/s",
     "p99 commit ms",
     "longest writer stall ms",
+    "longest stall began at s",
     "failed commits",
 ]
 
