@@ -169,7 +169,7 @@ async def migrate(url: str, dbname: str) -> tuple[float, float, float]:
             sampled = now
             await asyncio.sleep(0.05)
         applied = await task
-        assert applied == [4], f"expected to apply migration 4, applied {applied}"
+        assert 4 in applied, f"expected to apply migration 4, applied {applied}"
         return time.monotonic() - started, building, built
 
 
