@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devnet import DevChain
 from consumer.errors import ChainMismatch, CheckpointMissing
+from consumer.lease import lock_key
 from consumer.metrics import Metrics
 from tests.conftest import DevnetFactory, eventually, run_consumer
 from tests.reference import assert_aggregates_exact, expected_rows, new_plays
@@ -174,11 +175,15 @@ async def test_a_leader_whose_session_is_killed_stops_writing_and_one_writer_rem
     await eventually(lambda: leaders() == 1)
     leader = first if first.registry.get_sample_value("core_plays_is_leader") else second
     async with await psycopg.AsyncConnection.connect(discovery, autocommit=True) as conn:
+        # The writer lock's session only (not a migrator's lock, which a standby
+        # may hold for a moment at start).
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks "
-            "WHERE locktype = 'advisory' AND granted "
+            "WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0) "
             "AND database = (SELECT oid FROM pg_database "
-            "WHERE datname = current_database())"
+            "WHERE datname = current_database())",
+            (lock_key(devnet.chain.spec.chain_id, "live"),),
         )
     await eventually(
         lambda: (leader.registry.get_sample_value("core_plays_db_errors_total") or 0) >= 1
