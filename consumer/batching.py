@@ -12,6 +12,11 @@ memory: a thousand empty blocks are 100 KB, a thousand busy ones a gigabyte of
 decoded rows. `put` waits while the queue holds `max_blocks` blocks or its
 plays would pass `max_plays`; a block is always admitted into an empty queue,
 however big, or a block larger than the bound could never move.
+
+A block too big to hold decoded travels undecoded (a `Block`): it takes the
+whole plays bound, so it waits for an empty queue and nothing queues behind it
+until the writer has taken it, and it is always a batch of its own (the writer
+decodes and writes it a part at a time, see PlaysSink.write_parts).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from consumer.model import DecodedBlock
+from consumer.model import Block, DecodedBlock
 
-__all__ = ["BlockQueue"]
+__all__ = ["BlockQueue", "QueueItem"]
+
+QueueItem = DecodedBlock | Block | None  # None: the source is done
 
 
 class BlockQueue:
@@ -34,7 +41,7 @@ class BlockQueue:
     def __init__(self, max_blocks: int, max_plays: int) -> None:
         self.max_blocks = max_blocks
         self.max_plays = max_plays
-        self._items: deque[tuple[DecodedBlock | None, int]] = deque()
+        self._items: deque[tuple[QueueItem, int]] = deque()
         self._plays = 0
         self._ready = asyncio.Event()  # something to take
         self._space = asyncio.Event()  # something was taken
@@ -49,9 +56,14 @@ class BlockQueue:
     def empty(self) -> bool:
         return not self._items
 
-    async def put(self, block: DecodedBlock | None) -> None:
+    async def put(self, block: QueueItem) -> None:
         """Queue a block (None: the end), waiting while the queue is full."""
-        size = 0 if block is None else block.play_count
+        if block is None:
+            size = 0
+        elif isinstance(block, Block):
+            size = self.max_plays + 1  # a large block, undecoded: alone in the queue
+        else:
+            size = block.play_count
         while self._items and (
             len(self._items) >= self.max_blocks or self._plays + size > self.max_plays
         ):
@@ -61,7 +73,7 @@ class BlockQueue:
         self._plays += size
         self._ready.set()
 
-    async def get(self) -> DecodedBlock | None:
+    async def get(self) -> QueueItem:
         """The next block, waiting for one if the queue is empty."""
         while not self._items:
             self._ready.clear()
@@ -86,14 +98,14 @@ class BlockQueue:
             if block is None:
                 self._pop()
                 return batch, True
-            if plays + size > max_plays:
+            if isinstance(block, Block) or plays + size > max_plays:
                 break
             self._pop()
             batch.append(block)
             plays += size
         return batch, False
 
-    def _pop(self) -> DecodedBlock | None:
+    def _pop(self) -> QueueItem:
         block, size = self._items.popleft()
         self._plays -= size
         self._space.set()

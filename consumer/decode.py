@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from hashlib import sha256
 from typing import TypeAlias
@@ -40,7 +41,7 @@ from consumer.model import (
     SkipReason,
 )
 
-__all__ = ["decode_block", "decode_steps"]
+__all__ = ["block_parts", "decode_block", "decode_steps"]
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -75,8 +76,28 @@ def decode_block(block: Block) -> DecodedBlock:
             return decoded
 
 
-def decode_steps(block: Block) -> Generator[int, None, DecodedBlock]:
-    """`decode_block` in small steps: still pure, still total.
+def block_parts(block: Block, part_bytes: int) -> Iterator[tuple[Block, int]]:
+    """A block's transactions in consecutive parts of about `part_bytes` of wire
+    data each (at least one transaction a part), with each part's first index.
+
+    A block of a hundred megabytes decodes to about six times as much in rows;
+    decoded and written a part at a time (in one database transaction), what is
+    held at once is the block's bytes and one part's rows, whatever its size.
+    """
+    start, size = 0, 0
+    txs = block.txs
+    for index, raw in enumerate(txs):
+        size += len(raw.data)
+        if size >= part_bytes or index == len(txs) - 1:
+            yield replace(block, txs=txs[start : index + 1]), start
+            start, size = index + 1, 0
+    if not txs:
+        yield block, 0
+
+
+def decode_steps(block: Block, first_index: int = 0) -> Generator[int, None, DecodedBlock]:
+    """`decode_block` in small steps: still pure, still total. `first_index` is
+    the position of `block`'s first transaction when it is one of block_parts.
 
     Yields the number of plays decoded so far after each transaction and every
     `_STEP_PLAYS` plays inside a big one, and returns the DecodedBlock. A block of
@@ -105,7 +126,7 @@ def decode_steps(block: Block) -> Generator[int, None, DecodedBlock]:
     repaired: _Repairs = {}
     parse = types_pb2.SignedTransaction.FromString
     plays = 0
-    for tx_index, raw in enumerate(block.txs):
+    for tx_index, raw in enumerate(block.txs, start=first_index):
         tx_hash = raw.hash or _sha256_hex(raw.data)
         try:
             signed = parse(raw.data)

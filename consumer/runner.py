@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import psycopg
@@ -37,7 +38,7 @@ from consumer.audit import Auditor
 from consumer.backoff import Backoff
 from consumer.batching import BlockQueue
 from consumer.config import Settings
-from consumer.decode import decode_steps
+from consumer.decode import block_parts, decode_steps
 from consumer.errors import (
     ChainMismatch,
     CheckpointMissing,
@@ -62,6 +63,12 @@ T = TypeVar("T")
 _STOP = object()
 # Plays decoded between two turns of the loop: ~0.25 ms of decode (see decode_steps).
 _DECODE_SLICE_PLAYS = 64
+# A block with more transaction bytes than this is decoded and written a part of
+# LARGE_BLOCK_PART_BYTES at a time, in one database transaction, instead of whole:
+# decoded rows take about six times the wire bytes, so a 100 MB block held decoded
+# would take most of a pod's memory (the README's Memory section has the arithmetic).
+LARGE_BLOCK_BYTES = 4 * 1024 * 1024
+LARGE_BLOCK_PART_BYTES = 1024 * 1024
 _ODD_LOG_INTERVAL_S = 60.0
 _CONFLICTS_LOGGED = 10  # per batch; the rest are summed in one line
 # Messages from libpq that no amount of waiting fixes.
@@ -410,7 +417,11 @@ class Runner:
         decode = self._decode
         async with contextlib.aclosing(source.blocks(start, end)) as blocks:
             async for block in blocks:
-                await queue.put(await _decode_cooperatively(decode(block)))
+                if _wire_bytes(block) > LARGE_BLOCK_BYTES:
+                    await queue.put(block)  # decoded by the writer, a part at a time
+                else:
+                    await queue.put(await _decode_cooperatively(decode(block)))
+                del block  # not held while waiting for the next one
         await queue.put(None)
 
     async def _watch(self, source: CoreSource, lease: Lease) -> None:
@@ -452,9 +463,13 @@ class Runner:
                     first = await queue.get()
                 if first is None:
                     return True
-                assert isinstance(first, DecodedBlock)
-                batch, finished = queue.take_batch(first, limits.max_blocks, limits.max_plays)
-                result = await sink.write(batch)
+                if isinstance(first, Block):
+                    batch, finished = [_header(first)], False
+                    result = await sink.write_parts(functools.partial(_decoded_parts, first))
+                else:
+                    assert isinstance(first, DecodedBlock)
+                    batch, finished = queue.take_batch(first, limits.max_blocks, limits.max_plays)
+                    result = await sink.write(batch)
                 self._resume_at = result.height + 1
                 self._observe(result)
                 if auditor is not None:
@@ -534,6 +549,20 @@ class Runner:
             )
             self._odd.clear()
             self._odd_logged_at = now
+
+
+def _wire_bytes(block: Block) -> int:
+    return sum(len(tx.data) for tx in block.txs)
+
+
+async def _decoded_parts(block: Block) -> AsyncIterator[DecodedBlock]:
+    for part, first_index in block_parts(block, LARGE_BLOCK_PART_BYTES):
+        yield await _decode_cooperatively(decode_steps(part, first_index))
+
+
+def _header(block: Block) -> DecodedBlock:
+    """What the audit needs of a block written in parts: its height and its call."""
+    return DecodedBlock(block.height, block.hash, block.chain_id, None, (), via=block.via)
 
 
 async def _decode_cooperatively(steps: Generator[int, None, DecodedBlock]) -> DecodedBlock:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
@@ -56,6 +56,8 @@ CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_staged_plays (
     region text NOT NULL, country text NOT NULL
 ) ON COMMIT DELETE ROWS
 """
+# Between the parts of one large block, inside its transaction.
+_CLEAR_STAGING = "TRUNCATE pg_temp.core_plays_staged_txs, pg_temp.core_plays_staged_plays"
 _COPY_TXS = """COPY pg_temp.core_plays_staged_txs (batch_tx, height, tx_index, tx_hash,
     play_count, skipped_count, skip_reasons, rpc, block_hash) FROM STDIN (FORMAT BINARY)"""
 _TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text", "text", "text")
@@ -254,10 +256,7 @@ class PlaysSink:
         """
         started = time.perf_counter()
         try:
-            if not self._staging_ready:
-                # In a transaction of its own: a rolled-back batch must not take the tables.
-                await self.conn.execute(_CREATE_STAGING)
-                self._staging_ready = True
+            await self._ensure_staging()
             try:
                 result = await self._write(batch)
             except _REFUSED:
@@ -268,6 +267,54 @@ class PlaysSink:
             ) from exc
         result.seconds = time.perf_counter() - started
         return result
+
+    async def write_parts(self, parts: Callable[[], AsyncIterator[DecodedBlock]]) -> BatchResult:
+        """Write ONE block, decoded a part at a time, and move the checkpoint to it.
+
+        For a block too big to hold decoded (see consumer.decode.block_parts):
+        every part is staged and inserted in turn inside one transaction, so the
+        block is still all or nothing, and only one part's rows exist at a time.
+        `parts` makes the parts afresh: a refused value means decoding again,
+        transaction by transaction, to set the refused ones aside.
+        """
+        started = time.perf_counter()
+        try:
+            await self._ensure_staging()
+            try:
+                result = await self._write_parts(parts, isolate=False)
+            except _REFUSED:
+                result = await self._write_parts(parts, isolate=True)
+        except psycopg.OperationalError as exc:
+            raise SinkUnavailable(f"writing a large block: {exc}") from exc
+        result.seconds = time.perf_counter() - started
+        return result
+
+    async def _write_parts(
+        self, parts: Callable[[], AsyncIterator[DecodedBlock]], isolate: bool
+    ) -> BatchResult:
+        total: BatchResult | None = None
+        last: DecodedBlock | None = None
+        async with self.conn.transaction():
+            async for decoded in parts():
+                part = await self._without_refused(decoded) if isolate else decoded
+                staged = _stage([part])
+                await self._insert(staged)
+                await self.conn.execute(_CLEAR_STAGING)
+                if total is None:
+                    total = staged.result
+                else:
+                    total.merge(staged.result)
+                last = part
+            assert total is not None and last is not None
+            total.blocks = 1
+            await self._move_checkpoint(last)
+        return total
+
+    async def _ensure_staging(self) -> None:
+        if not self._staging_ready:
+            # In a transaction of its own: a rolled-back batch must not take the tables.
+            await self.conn.execute(_CREATE_STAGING)
+            self._staging_ready = True
 
     async def _write_isolating(self, batch: list[DecodedBlock]) -> BatchResult:
         total = BatchResult()
@@ -303,22 +350,25 @@ class PlaysSink:
         staged = _stage(batch)
         async with self.conn.transaction():
             await self._insert(staged)
-            last = batch[-1]
-            if not self.checkpoint:
-                return staged.result
-            await self.conn.execute(
-                _UPSERT_CHECKPOINT,
-                {
-                    "chain": self.chain_id,
-                    "stream": self.stream,
-                    "start": self.start_height,
-                    "height": last.height,
-                    "hash": last.hash,
-                    "time": last.time,
-                    "rewind": self.rewind,
-                },
-            )
+            await self._move_checkpoint(batch[-1])
         return staged.result
+
+    async def _move_checkpoint(self, last: DecodedBlock) -> None:
+        """Inside the batch's transaction; a repair writer leaves progress alone."""
+        if not self.checkpoint:
+            return
+        await self.conn.execute(
+            _UPSERT_CHECKPOINT,
+            {
+                "chain": self.chain_id,
+                "stream": self.stream,
+                "start": self.start_height,
+                "height": last.height,
+                "hash": last.hash,
+                "time": last.time,
+                "rewind": self.rewind,
+            },
+        )
 
     async def _insert(self, staged: _Staged) -> None:
         """Ledger, plays and quarantine rows of a staged batch, inside the caller's transaction."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from datetime import datetime
 from hashlib import sha256
@@ -9,7 +10,7 @@ from hashlib import sha256
 import pytest
 
 from consumer._pb.core.v1 import types_pb2
-from consumer.decode import decode_block, decode_steps
+from consumer.decode import block_parts, decode_block, decode_steps
 from consumer.devnet import ChainSpec, DevChain, Profile
 from consumer.model import (
     Block,
@@ -706,3 +707,40 @@ def test_a_big_transaction_is_decoded_in_several_steps_counting_its_plays() -> N
     counts, decoded = run_steps(make_block(plays_tx(*[make_play() for _ in range(200)])))
     assert len(counts) > 1
     assert counts == sorted(counts) and counts[-1] == decoded.play_count == 200
+
+
+# --- block_parts: one block decoded a part at a time ------------------------------------
+
+
+@pytest.mark.parametrize("part_bytes", [1, 2_000, 10**9])
+def test_a_block_decoded_in_parts_has_the_transactions_and_counts_of_the_whole(
+    part_bytes: int,
+) -> None:
+    chain = DevChain(ChainSpec(profile=Profile.TYPICAL, max_txs_per_block=8))
+    for height in range(1, 80):
+        block = parse_block(chain.block_bytes(height, canon=True), height)
+        whole = decode_block(block)
+        parts = [decode_block_from(part, first) for part, first in block_parts(block, part_bytes)]
+        assert tuple(tx for p in parts for tx in p.txs) == whole.txs
+        assert tuple(q for p in parts for q in p.quarantined) == whole.quarantined
+        assert sum((Counter(p.tx_types) for p in parts), Counter()) == Counter(whole.tx_types)
+        assert sum((Counter(p.repaired) for p in parts), Counter()) == Counter(whole.repaired)
+
+
+def test_parts_hold_at_least_one_transaction_and_about_part_bytes_each() -> None:
+    chain = DevChain(ChainSpec(profile=Profile.BUSY, busy_txs_per_block=10, busy_plays_per_tx=50))
+    block = parse_block(chain.block_bytes(1, canon=True), 1)
+    tx_bytes = len(block.txs[0].data)
+    parts = list(block_parts(block, part_bytes=3 * tx_bytes))
+    assert [len(part.txs) for part, _ in parts] == [3, 3, 3, 1]
+    assert [first for _, first in parts] == [0, 3, 6, 9]
+
+
+def decode_block_from(block: Block, first_index: int) -> DecodedBlock:
+    steps = decode_steps(block, first_index)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            decoded: DecodedBlock = done.value
+            return decoded
