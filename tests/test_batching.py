@@ -92,7 +92,7 @@ async def test_at_the_tip_a_lone_block_is_a_batch_of_one() -> None:
     queue = BlockQueue(max_blocks=100, max_plays=100)
     await queue.put(block(1, plays=3))
     first = await queue.get()
-    assert first is not None
+    assert isinstance(first, DecodedBlock)
     assert queue.take_batch(first, max_blocks=1000, max_plays=5000) == ([first], False)
 
 
