@@ -107,6 +107,13 @@ async def connect_database(
                     f"cannot use PostgreSQL at {safe_url}: {text} "
                     f"(tried for {timeout_s:g} s; check --database-url and the password)"
                 ) from None
+            if backoff.attempts == 0:
+                log.warning(
+                    "cannot reach PostgreSQL at %s yet (%s); retrying for up to %g s",
+                    safe_url,
+                    text,
+                    timeout_s,
+                )
             await asyncio.sleep(backoff.next_delay())
 
 
@@ -186,6 +193,13 @@ class Runner:
                 return await client.node_info()
             except SourceUnavailable as exc:
                 self.metrics.source_errors_total.labels(exc.code).inc()
+                if backoff.attempts == 0:
+                    log.warning(
+                        "cannot reach the Core node at %s yet (%s); retrying for up to %g s",
+                        client.url,
+                        exc,
+                        timeout_s,
+                    )
                 if time.monotonic() >= deadline:
                     raise ConfigError(
                         f"cannot reach the Core node at {client.url}: GetNodeInfo failed for "
