@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
+Handler = Callable[[argparse.Namespace, Settings], int]
+
 log = logging.getLogger("consumer")
 
 # Option sets by what a command touches. Adding an option to a settings class
@@ -52,15 +54,8 @@ log = logging.getLogger("consumer")
 LOGGING = ("log-format", "log-level", "debug")
 DATABASE = ("database-url", "database-password-file", "connect-timeout-s", *LOGGING)
 RUN = flags_of(SourceSettings, SinkSettings, BatchSettings, HttpSettings, Settings)
-STATUS = (
-    "core-url",
-    "core-ca-file",
-    "rpc-timeout-s",
-    "max-message-bytes",
-    "stream",
-    "ready-max-lag-s",
-    *DATABASE,
-)
+NODE = ("core-url", "core-ca-file", "rpc-timeout-s", "max-message-bytes")
+STATUS = (*NODE, "stream", "ready-max-lag-s", *DATABASE)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -130,26 +125,35 @@ def _suggest(word: str, known: Sequence[str]) -> str:
 
 
 def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentParser:
-    """The whole command line. A new subcommand: `sub.add_parser(...)`, then
-    `add_options(p, DATABASE)` (or any flag names) for the settings it reads."""
+    """The whole command line.
+
+    A new subcommand: `p = sub.add_parser(NAME, help=...)`, `add_options(p, DATABASE)`
+    (or any flag names) for the settings it reads, its own arguments, and
+    `p.set_defaults(handler=fn)` where `fn(args, settings) -> exit code`. A command
+    that needs no node or database adds `read_settings=top_level_settings`.
+    """
     parser = _Parser(
         prog="plays-consumer",
         description="Follow the OpenAudio Core chain and write its plays into PostgreSQL.",
     )
     version = f"%(prog)s {__version__}"
     parser.add_argument("--version", action="version", version=version)
+    parser.set_defaults(read_settings=Settings.from_args)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="follow the chain into plays (forever, or to --to-height)")
     run.add_argument("--version", action="version", version=version)
     add_options(run, RUN)
+    run.set_defaults(handler=_run)
 
     migrate = sub.add_parser("migrate", help="apply schema migrations and exit")
     add_options(migrate, DATABASE)
+    migrate.set_defaults(handler=_migrate)
 
     status = sub.add_parser("status", help="checkpoint, node head and lag (exit 1 if lagging)")
     add_options(status, STATUS)
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status)
 
     devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
     _add_devnet_options(devnet)
@@ -161,6 +165,7 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
         help="stop producing blocks at this height (default: never stop)",
     )
     add_options(devnet, LOGGING)
+    devnet.set_defaults(handler=_devnet, read_settings=top_level_settings)
 
     _add_backfill_commands(sub)
     _add_verify_command(sub)
@@ -169,6 +174,7 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     _add_devnet_options(demo, height=1000, interval=0.02)
     demo.add_argument("--blocks", type=int, default=2000, help="stop after this many blocks")
     add_options(demo, LOGGING)
+    demo.set_defaults(handler=_demo, read_settings=top_level_settings)
 
     for each in (parser, *sub.choices.values()):
         each.log_format = log_format
@@ -213,6 +219,7 @@ def _add_backfill_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     plan.add_argument("--json", action="store_true", help="print the parts as JSON")
     add_options(plan, DATABASE)
+    plan.set_defaults(handler=_backfill_plan, read_settings=_plan_settings)
 
     gaps = sub.add_parser(
         "gaps", help="heights that no checkpoint stream covers (exit 1 if there are any)"
@@ -241,9 +248,10 @@ def _add_backfill_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     gaps.add_argument("--json", action="store_true", help="print one JSON object")
     add_options(gaps, ("stream", *DATABASE))
+    gaps.set_defaults(handler=_gaps)
 
 
-def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_verify_command(sub: argparse._SubParsersAction[Any]) -> None:
     verify = sub.add_parser(
         "verify",
         help="compare plays with the chain over --from-height..--to-height "
@@ -255,18 +263,7 @@ def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     add_options(
         verify,
-        (
-            "core-url",
-            "rpc-timeout-s",
-            "connect-timeout-s",
-            "max-message-bytes",
-            "poll-concurrency",
-            "database-url",
-            "database-password-file",
-            "from-height",
-            "to-height",
-            *_LOGGING,
-        ),
+        (*NODE, "poll-concurrency", "from-height", "to-height", *DATABASE),
     )
     verify.add_argument(
         "--repair",
@@ -289,6 +286,7 @@ def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="how many differences to list [default: 20]",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(handler=_verify)
 
 
 def _add_devnet_options(
@@ -362,52 +360,70 @@ def _fatal(message: str, log_format: LogFormat, debug: bool) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    command = args.command
-    if command in ("devnet", "demo"):
-        top = top_level_settings(args, os.environ)
-        setup_logging(top.log_format, top.log_level)
-        if command == "devnet":
-            from consumer.devnet.main import serve_devnet
-
-            asyncio.run(serve_devnet(args))
-            return 0
-        from consumer.demo import run_demo
-
-        return asyncio.run(run_demo(args))
-    if command == "backfill-plan" and not args.resume:
-        return _backfill_plan(args, None)  # pure arithmetic: no settings, no database
-    settings = Settings.from_args(args, os.environ)
+    """Settings as the command reads them, logging, then the command's handler."""
+    settings: Settings = args.read_settings(args, os.environ)
     setup_logging(settings.log_format, settings.log_level)
-    for note in port_notes(settings, os.environ, core=command in ("run", "status")):
+    for note in port_notes(settings, os.environ, core=hasattr(args, "core_url")):
         log.info("%s", note)
-    if command == "backfill-plan":
-        return _backfill_plan(args, settings)
-    if command == "gaps":
-        from consumer.backfill import format_gaps
+    handler: Handler = args.handler
+    return handler(args, settings)
 
-        found = asyncio.run(_gaps(args, settings))
-        print(format_gaps(found, as_json=args.json))
-        return 0 if found.ok else 1
-    if command == "migrate":
-        from consumer.admin import migrate_command
 
-        asyncio.run(migrate_command(settings))
-        return 0
-    if command == "verify":
-        from consumer.verify_command import verify_command
-
-        return verify_command(args, settings)
-    if command == "status":
-        from consumer.admin import status_command
-
-        report, ok = asyncio.run(status_command(settings))
-        _print_status(report, as_json=args.json)
-        return 0 if ok else 1
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(run_command(settings))
     return 0
 
 
-def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.admin import migrate_command
+
+    asyncio.run(migrate_command(settings))
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.admin import status_command
+
+    report, ok = asyncio.run(status_command(settings))
+    _print_status(report, as_json=args.json)
+    return 0 if ok else 1
+
+
+def _devnet(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.devnet.main import serve_devnet
+
+    asyncio.run(serve_devnet(args))
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.demo import run_demo
+
+    return asyncio.run(run_demo(args))
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.verify_command import verify_command
+
+    return verify_command(args, settings)
+
+
+def _gaps(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.backfill import format_gaps
+
+    found = asyncio.run(_find_gaps(args, settings))
+    print(format_gaps(found, as_json=args.json))
+    return 0 if found.ok else 1
+
+
+def _plan_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """A plan is arithmetic; only --resume reads the database."""
+    if args.resume:
+        return Settings.from_args(args, environ)
+    return top_level_settings(args, environ)
+
+
+def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.backfill import format_plan, plan_parts, resume_height
 
     plan = plan_parts(args.plan_from, args.plan_to, args.parts)
@@ -420,7 +436,7 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
         raise ConfigError(f"--index must be 0..{len(plan) - 1}, got {args.index}")
     part = plan[args.index]
     start = None
-    if settings is not None:
+    if args.resume:
         from consumer.runner import connect_database
 
         sink = settings.sink
@@ -435,7 +451,7 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
     return 0
 
 
-async def _gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
+async def _find_gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
     from consumer.backfill import find_gaps
     from consumer.runner import connect_database
 

@@ -9,6 +9,11 @@ wrong settings object (there is no routing to get wrong) and cannot exist as a
 flag without its variable. Flags win over the environment, which wins over the
 defaults. The database password never comes from a flag (flags show in `ps`):
 only from the environment, a file, or libpq's own PGPASSWORD/.pgpass.
+
+To add an option: one field, `name_s: float = option(5.0, "What it does.")`, in
+the settings class whose code reads it. `run` takes every option at once; name
+it in another command's tuple in cli.py if that command needs it too; paste the
+README row that tests/test_readme.py prints.
 """
 
 from __future__ import annotations
