@@ -579,10 +579,16 @@ def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
                 f"--{opt.flag}",
                 choices=opt.choices,
                 default=None,
-                metavar=opt.metavar,
+                metavar=opt.metavar or _metavar(opt),
                 help=text,
                 **typed,
             )
+
+
+def _metavar(opt: Option) -> str | None:
+    if opt.name.endswith("_s"):
+        return "SECONDS"
+    return "N" if opt.kind is int else None
 
 
 def top_level_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
