@@ -19,6 +19,7 @@ README row that tests/test_readme.py prints.
 from __future__ import annotations
 
 import argparse
+import functools
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -165,9 +166,15 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _coerce_enums(obj: object) -> None:
     """Accept an enum field given as its string value (tests, the demo), naming the flag."""
-    hints = typing.get_type_hints(type(obj))
+    kind_of: type = type(obj)
+    hints = _hints(kind_of)
     for f in fields(obj):  # type: ignore[arg-type]
         kind = hints[f.name]
         value = getattr(obj, f.name)
@@ -486,7 +493,7 @@ def _kind(annotation: Any) -> type:
 
 def _options_of(cls: Callable[..., object]) -> tuple[Option, ...]:
     assert isinstance(cls, type)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     out: list[Option] = []
     for f in fields(cls):
         meta = f.metadata.get(_OPTION)
@@ -575,6 +582,8 @@ def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
             )
         else:
             typed: dict[str, Any] = {"type": opt.kind} if opt.kind in (int, float) else {}
+            if opt.choices is not None:
+                typed = {"type": str.lower}  # --log-level INFO is info
             parser.add_argument(
                 f"--{opt.flag}",
                 choices=opt.choices,
