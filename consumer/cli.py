@@ -502,7 +502,7 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 def _effective(settings: Settings) -> str:
     """The configuration in one line, without secrets (SinkSettings' repr redacts)."""
     return (
-        f"core_url={settings.source.core_url} mode={settings.source.mode} "
+        f"core_url={settings.source.core_url} mode={settings.source.source_mode} "
         f"sink={settings.sink!r} from_height={settings.from_height} "
         f"to_height={settings.to_height} batch={settings.batch} "
         f"metrics_addr={settings.http.metrics_addr}"

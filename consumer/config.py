@@ -225,10 +225,6 @@ class SourceSettings:
     )
     retry_cap_s: float = option(10.0, "Longest wait between retries.")
 
-    @property
-    def mode(self) -> SourceMode:
-        return self.source_mode
-
     def __post_init__(self) -> None:
         _coerce_enums(self)
         _target, tls = parse_core_url(self.core_url)

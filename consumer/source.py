@@ -259,7 +259,7 @@ class CoreSource:
         self.settings = settings
         self.metrics = metrics
         self.backoff = backoff or Backoff(cap_s=settings.retry_cap_s)
-        self.streaming_supported = settings.mode != "poll"
+        self.streaming_supported = settings.source_mode != "poll"
         self._on_mode = on_mode or (lambda mode: None)
         self._head = 0
         # Kept across reconnects: what a block of this chain weighs is still true.
@@ -314,7 +314,7 @@ class CoreSource:
     def _use_stream(self, next_height: int) -> bool:
         if not self.streaming_supported:
             return False
-        if self.settings.mode == "stream":
+        if self.settings.source_mode == "stream":
             return True
         return self._head - next_height < self.settings.catchup_threshold_blocks
 
@@ -379,7 +379,7 @@ class CoreSource:
         try:
             while end is None or next_height <= end:
                 if (
-                    settings.mode == "auto"
+                    settings.source_mode == "auto"
                     and self.streaming_supported
                     and self._use_stream(next_height)
                 ):
@@ -419,7 +419,7 @@ class CoreSource:
         """The last height worth asking for now: the head, the end, and in auto
         mode the height where the stream takes over."""
         last = self._head if end is None else min(self._head, end)
-        if self.settings.mode == "auto" and self.streaming_supported:
+        if self.settings.source_mode == "auto" and self.streaming_supported:
             last = min(last, self._head - self.settings.catchup_threshold_blocks)
         return last
 

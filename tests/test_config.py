@@ -96,7 +96,7 @@ def test_a_flag_wins_over_its_variable_which_wins_over_the_default() -> None:
 
 def test_choices_become_enums_from_flags_and_variables() -> None:
     made = settings("--source-mode", "poll", environ={"CORE_PLAYS_LOG_FORMAT": "JSON"})
-    assert made.source.mode is SourceMode.POLL and made.log_format is LogFormat.JSON
+    assert made.source.source_mode is SourceMode.POLL and made.log_format is LogFormat.JSON
 
 
 @pytest.mark.parametrize(
