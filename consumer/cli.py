@@ -317,10 +317,14 @@ def _add_devnet_options(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before anything imports grpc (see the imports above); an operator's own value wins.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     argv = list(sys.argv[1:] if argv is None else argv)
     log_format, debug = _early_logging(argv, os.environ)
+    # Before anything imports grpc (see the imports above): its C core writes its own
+    # lines to stderr (one per failed TLS handshake). Errors reach us as exceptions, so
+    # none in JSON (every line must be JSON), errors only in text, all with --debug.
+    if not debug:
+        quiet = "NONE" if log_format is LogFormat.JSON else "ERROR"
+        os.environ.setdefault("GRPC_VERBOSITY", quiet)  # an operator's own value wins
     args = build_parser(log_format).parse_args(argv)
     try:
         return _dispatch(args)
