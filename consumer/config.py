@@ -451,10 +451,14 @@ class Option:
             if lowered not in self.choices:
                 raise ValueError(f"expected {', '.join(self.choices)}")
             return self.kind(lowered)
-        if self.kind is int:
-            return int(text)
-        if self.kind is float:
-            return float(text)
+        try:
+            if self.kind is int:
+                return int(text)
+            if self.kind is float:
+                return float(text)
+        except ValueError:
+            expected = "a whole number" if self.kind is int else "a number"
+            raise ValueError(f"expected {expected}") from None
         return text
 
     def value(self, args: argparse.Namespace, environ: Mapping[str, str]) -> object:
