@@ -402,10 +402,8 @@ class Settings:
             password=_read_password(environ, sink.database_password_file),
             connect_timeout_s=source.connect_timeout_s,
         )
-        return _section(
-            cls,
-            args,
-            environ,
+        return replace(
+            _section(cls, args, environ),
             source=source,
             sink=sink,
             batch=_section(BatchSettings, args, environ),
@@ -513,11 +511,9 @@ assert len(_BY_FLAG) == len(OPTIONS), "two options with one name"
 S = TypeVar("S")
 
 
-def _section(
-    cls: Callable[..., S], args: argparse.Namespace, environ: Mapping[str, str], **given: Any
-) -> S:
+def _section(cls: Callable[..., S], args: argparse.Namespace, environ: Mapping[str, str]) -> S:
     """Build one settings object from its own fields' options: nothing can land elsewhere."""
-    values: dict[str, Any] = dict(given)
+    values: dict[str, Any] = {}
     for opt in _options_of(cls):
         value = opt.value(args, environ)
         if value is not None:
