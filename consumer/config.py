@@ -1,9 +1,9 @@
 """Settings: the only reader of CORE_PLAYS_* variables, and where defaults live.
 
 Each option is declared once, as a field of the settings dataclass that uses
-it: `option(default, help)` gives the field its default and help, the field's
-annotation gives the type, and its name gives the flag (`--core-url`) and the
-variable (`CORE_PLAYS_CORE_URL`). argparse, the environment reader and the
+it: `option(default, help)` (consumer/options.py) gives the field its default and
+help, the field's annotation gives the type, and its name gives the flag
+(`--core-url`) and the variable (`CORE_PLAYS_CORE_URL`). argparse, the environment reader and the
 README check are all derived from those fields, so an option cannot reach the
 wrong settings object (there is no routing to get wrong) and cannot exist as a
 flag without its variable. Flags win over the environment, which wins over the
@@ -19,19 +19,26 @@ README row that tests/test_readme.py prints.
 from __future__ import annotations
 
 import argparse
-import functools
-import typing
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
-from enum import Enum, StrEnum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
-from types import UnionType
-from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.errors import ConfigError
+from consumer.options import (
+    ENV_PREFIX,
+    Option,
+    add_option,
+    build_section,
+    coerce_enums,
+    env_name,
+    option,
+    options_of,
+    parse_bool,
+)
 
 __all__ = [
     "OPTIONS",
@@ -53,15 +60,11 @@ __all__ = [
     "top_level_settings",
 ]
 
-ENV_PREFIX = "CORE_PLAYS_"
 PASSWORD_ENV = ENV_PREFIX + "DATABASE_PASSWORD"
 CORE_DEFAULT_PORT = 50051  # the node's plaintext gRPC port (docs/wire.md)
 CORE_TLS_PORT = 443
 POSTGRES_DEFAULT_PORT = 5432
 _CONNECT_TIMEOUT_S = 30.0
-_OPTION = "consumer.option"  # the dataclass field metadata key that marks an option
-
-T = TypeVar("T")
 
 
 class SourceMode(StrEnum):
@@ -80,32 +83,6 @@ class LogLevel(StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
-
-
-@dataclass(frozen=True, slots=True)
-class _Meta:
-    help: str
-    metavar: str | None = None
-
-
-def option(default: T, help: str, *, metavar: str | None = None) -> T:
-    """A settings field that is also a flag and a CORE_PLAYS_* variable."""
-    meta = {_OPTION: _Meta(help, metavar)}
-    return field(default=default, metadata=meta)
-
-
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.replace("-", "_").upper()
-
-
-def parse_bool(text: str) -> bool:
-    """Environment booleans: true/false, 1/0, yes/no, in any case."""
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes"):
-        return True
-    if lowered in ("0", "false", "no"):
-        return False
-    raise ValueError("expected true/false, 1/0 or yes/no")
 
 
 def parse_core_url(url: str) -> tuple[str, bool]:
@@ -166,27 +143,6 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce_enums(obj: object) -> None:
-    """Accept an enum field given as its string value (tests, the demo), naming the flag."""
-    kind_of: type = type(obj)
-    hints = _hints(kind_of)
-    for f in fields(obj):  # type: ignore[arg-type]
-        kind = hints[f.name]
-        value = getattr(obj, f.name)
-        if isinstance(kind, type) and issubclass(kind, Enum) and not isinstance(value, kind):
-            try:
-                object.__setattr__(obj, f.name, kind(value))
-            except ValueError:
-                allowed = ", ".join(m.value for m in kind)
-                flag = f.name.replace("_", "-")
-                raise ConfigError(f"--{flag} must be one of {allowed}, got {value!r}") from None
-
-
 @dataclass(frozen=True, slots=True)
 class SourceSettings:
     core_url: str = option(
@@ -226,7 +182,7 @@ class SourceSettings:
     retry_cap_s: float = option(10.0, "Longest wait between retries.")
 
     def __post_init__(self) -> None:
-        _coerce_enums(self)
+        coerce_enums(self)
         _target, tls = parse_core_url(self.core_url)
         if self.core_ca_file is not None:
             if not tls:
@@ -376,7 +332,7 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        _coerce_enums(self)
+        coerce_enums(self)
         if self.from_height is not None and self.from_height < 1:
             raise ConfigError(f"--from-height must be at least 1, got {self.from_height}")
         if self.to_height is not None and self.to_height < 1:
@@ -395,130 +351,26 @@ class Settings:
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         """Flags win over CORE_PLAYS_* variables, which win over the defaults."""
         _refuse_password_in_url(args, environ)
-        source = _section(SourceSettings, args, environ)
-        sink = _section(SinkSettings, args, environ)
+        source = build_section(SourceSettings, args, environ)
+        sink = build_section(SinkSettings, args, environ)
         sink = replace(
             sink,
             password=_read_password(environ, sink.database_password_file),
             connect_timeout_s=source.connect_timeout_s,
         )
         return replace(
-            _section(cls, args, environ),
+            build_section(cls, args, environ),
             source=source,
             sink=sink,
-            batch=_section(BatchSettings, args, environ),
-            http=_section(HttpSettings, args, environ),
+            batch=build_section(BatchSettings, args, environ),
+            http=build_section(HttpSettings, args, environ),
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One setting as the command line and the environment know it, read off its field."""
-
-    owner: type
-    name: str  # the field name, also the argparse dest
-    kind: type  # int, float, str, bool or an Enum
-    default: object
-    help: str
-    metavar: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return env_name(self.flag)
-
-    @property
-    def is_switch(self) -> bool:
-        return self.kind is bool
-
-    @property
-    def choices(self) -> tuple[str, ...] | None:
-        if issubclass(self.kind, Enum):
-            return tuple(str(m.value) for m in self.kind)
-        return None
-
-    def parse(self, text: str) -> object:
-        """One value from its text (the environment's, or a flag's); ValueError if invalid."""
-        if self.kind is bool:
-            return parse_bool(text)
-        if self.choices is not None:
-            lowered = text.strip().lower()
-            if lowered not in self.choices:
-                raise ValueError(f"expected {', '.join(self.choices)}")
-            return self.kind(lowered)
-        try:
-            if self.kind is int:
-                return int(text)
-            if self.kind is float:
-                return float(text)
-        except ValueError:
-            expected = "a whole number" if self.kind is int else "a number"
-            raise ValueError(f"expected {expected}") from None
-        return text
-
-    def value(self, args: argparse.Namespace, environ: Mapping[str, str]) -> object:
-        """The flag's value, else the variable's, else None (the field's default applies)."""
-        raw = getattr(args, self.name, None)
-        if raw is not None:
-            return raw
-        text = environ.get(self.env)
-        if text is None:
-            return None
-        try:
-            return self.parse(text)
-        except ValueError as exc:
-            raise ConfigError(
-                f"{self.env}: not a valid value for --{self.flag} ({exc}; the value was "
-                f"{_shown(text)})"
-            ) from None
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
-
-
-def _kind(annotation: Any) -> type:
-    """int | None -> int; the type an option's text parses to."""
-    if isinstance(annotation, UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        [annotation] = members
-    assert isinstance(annotation, type), annotation
-    return annotation
-
-
-def _options_of(cls: Callable[..., object]) -> tuple[Option, ...]:
-    assert isinstance(cls, type)
-    hints = _hints(cls)
-    out: list[Option] = []
-    for f in fields(cls):
-        meta = f.metadata.get(_OPTION)
-        if isinstance(meta, _Meta):
-            assert f.default is not MISSING
-            out.append(
-                Option(cls, f.name, _kind(hints[f.name]), f.default, meta.help, meta.metavar)
-            )
-    return tuple(out)
-
-
 _SECTIONS = (SourceSettings, SinkSettings, BatchSettings, HttpSettings, Settings)
-OPTIONS: tuple[Option, ...] = tuple(o for cls in _SECTIONS for o in _options_of(cls))
+OPTIONS: tuple[Option, ...] = tuple(o for cls in _SECTIONS for o in options_of(cls))
 _BY_FLAG = {o.flag: o for o in OPTIONS}
 assert len(_BY_FLAG) == len(OPTIONS), "two options with one name"
-
-S = TypeVar("S")
-
-
-def _section(cls: Callable[..., S], args: argparse.Namespace, environ: Mapping[str, str]) -> S:
-    """Build one settings object from its own fields' options: nothing can land elsewhere."""
-    values: dict[str, Any] = {}
-    for opt in _options_of(cls):
-        value = opt.value(args, environ)
-        if value is not None:
-            values[opt.name] = value
-    return cls(**values)
 
 
 def _refuse_password_in_url(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
@@ -560,45 +412,16 @@ def port_notes(settings: Settings, environ: Mapping[str, str], *, core: bool = T
 
 
 def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
-    """Add options to a command by flag name (`"core-url"`; `flags_of(cls)` names a class's).
-
-    The flags' defaults stay None so that the environment can fill in what the
-    command line left out; the help shows the real default and the variable.
-    """
+    """Add options to a command by flag name (`"core-url"`; `flags_of(cls)` names a class's)."""
     for name in names:
         if name not in _BY_FLAG:
             raise KeyError(f"no option --{name}")  # caught by the parser tests
-        opt = _BY_FLAG[name]
-        shown = "off" if opt.default is False else opt.default
-        default = "" if opt.default is None else f"; default {shown}"
-        text = f"{opt.help} [env {opt.env}{default}]"
-        if opt.is_switch:
-            parser.add_argument(
-                f"--{opt.flag}", action="store_const", const=True, default=None, help=text
-            )
-        else:
-            typed: dict[str, Any] = {"type": opt.kind} if opt.kind in (int, float) else {}
-            if opt.choices is not None:
-                typed = {"type": str.lower}  # --log-level INFO is info
-            parser.add_argument(
-                f"--{opt.flag}",
-                choices=opt.choices,
-                default=None,
-                metavar=opt.metavar or _metavar(opt),
-                help=text,
-                **typed,
-            )
-
-
-def _metavar(opt: Option) -> str | None:
-    if opt.name.endswith("_s"):
-        return "SECONDS"
-    return "N" if opt.kind is int else None
+        add_option(parser, _BY_FLAG[name])
 
 
 def top_level_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Settings' own options (logging, heights) only: for commands without a node or database."""
-    return _section(Settings, args, environ)
+    return build_section(Settings, args, environ)
 
 
 def flags_of(*sections: type) -> tuple[str, ...]:
