@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from psycopg.rows import TupleRow
 
 from consumer.compare import compare_blocks
-from consumer.config import SourceSettings
+from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import SourceUnavailable
 from consumer.metrics import Metrics
@@ -75,7 +75,9 @@ class Auditor:
         # GetBlocks whatever the service follows with; its fetches are not the
         # pipeline's, so they do not go into the pipeline's fetch histogram.
         self._source = CoreSource(
-            client, replace(source_settings, source_mode="poll"), Metrics(CollectorRegistry())
+            client,
+            replace(source_settings, source_mode=SourceMode.POLL),
+            Metrics(CollectorRegistry()),
         )
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
         self._committed = 0

@@ -8,74 +8,164 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from consumer import __version__
-from consumer.config import Settings, add_options
+from consumer.config import (
+    BatchSettings,
+    HttpSettings,
+    LogFormat,
+    Settings,
+    SinkSettings,
+    SourceSettings,
+    add_options,
+    flags_of,
+    parse_bool,
+    port_notes,
+    top_level_settings,
+)
 from consumer.errors import ConfigError, ConsumerError
-from consumer.http import HttpServer
-from consumer.logs import setup_logging
-from consumer.metrics import Metrics
-from consumer.runner import Runner, connect_database
+from consumer.logs import fatal_line, setup_logging
 
+# Nothing that imports grpc may be imported at module level: main() must set
+# GRPC_VERBOSITY first, or grpc's C core prints a line per failed TLS handshake.
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from consumer.backfill import GapReport
 
 __all__ = ["build_parser", "main"]
 
+Handler = Callable[[argparse.Namespace, Settings], int]
+
 log = logging.getLogger("consumer")
 
-_ALL = ("source", "sink", "batch", "http", "")
-_LOGGING = ("log-format", "log-level", "debug")
+# Option sets by what a command touches. Adding an option to a settings class
+# adds it to every command that takes that whole class (`run` takes them all).
+LOGGING = ("log-format", "log-level", "debug")
+DATABASE = ("database-url", "database-password-file", "connect-timeout-s", *LOGGING)
+RUN = flags_of(SourceSettings, SinkSettings, BatchSettings, HttpSettings, Settings)
+NODE = ("core-url", "core-ca-file", "rpc-timeout-s", "max-message-bytes")
+STATUS = (*NODE, "stream", "ready-max-lag-s", *DATABASE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default (or says it is required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None or action.default is False:
+            return f"{text} (default: off)" if action.nargs == 0 else text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations (`--from` is not `--from-height`), and "did you mean" for typos."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.log_format = LogFormat.TEXT
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        choices = [str(c) for c in action.choices]
+        raise argparse.ArgumentError(
+            action,
+            f"invalid choice {value!r}{_suggest(str(value), choices)}; "
+            f"choose from {', '.join(choices)}",
+        )
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner = self._subparser(parsed) or self
+            known = list(owner._option_string_actions)
+            words = [
+                f"{word}{_suggest(word.split('=', 1)[0], known)}" if word.startswith("-") else word
+                for word in extras
+            ]
+            owner.error(f"unrecognized arguments: {' '.join(words)}")
+        return parsed
+
+    def _subparser(self, parsed: argparse.Namespace) -> _Parser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found = action.choices.get(getattr(parsed, action.dest, None) or "")
+                return found if isinstance(found, _Parser) else None
+        return None
+
+    def error(self, message: str) -> NoReturn:
+        if self.log_format is LogFormat.JSON:
+            sys.stderr.write(fatal_line(f"{self.prog}: {message}", self.log_format) + "\n")
+            sys.exit(2)
+        super().error(message)
+
+
+def _suggest(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentParser:
+    """The whole command line.
+
+    A new subcommand: `p = sub.add_parser(NAME, help=...)`, `add_options(p, DATABASE)`
+    (or any flag names) for the settings it reads, its own arguments, and
+    `p.set_defaults(handler=fn)` where `fn(args, settings) -> exit code`. A command
+    that needs no node or database adds `read_settings=top_level_settings`.
+    """
+    parser = _Parser(
         prog="plays-consumer",
         description="Follow the OpenAudio Core chain and write its plays into PostgreSQL.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    version = f"%(prog)s {__version__}"
+    parser.add_argument("--version", action="version", version=version)
+    parser.set_defaults(read_settings=Settings.from_args)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="follow the chain into plays (forever, or to --to-height)")
-    add_options(run, _ALL)
+    run.add_argument("--version", action="version", version=version)
+    add_options(run, RUN)
+    run.set_defaults(handler=_run)
 
     migrate = sub.add_parser("migrate", help="apply schema migrations and exit")
-    add_options(migrate, ("database-url", "database-password-file", "connect-timeout-s", *_LOGGING))
+    add_options(migrate, DATABASE)
+    migrate.set_defaults(handler=_migrate)
 
     status = sub.add_parser("status", help="checkpoint, node head and lag (exit 1 if lagging)")
-    add_options(
-        status,
-        (
-            "core-url",
-            "rpc-timeout-s",
-            "connect-timeout-s",
-            "max-message-bytes",
-            "database-url",
-            "database-password-file",
-            "stream",
-            "ready-max-lag-s",
-            *_LOGGING,
-        ),
-    )
+    add_options(status, STATUS)
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status)
 
     devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
     _add_devnet_options(devnet)
     devnet.add_argument("--listen", default="127.0.0.1:50051", help="host:port to serve on")
     devnet.add_argument(
-        "--max-height", type=int, default=None, help="stop producing blocks at this height"
+        "--max-height",
+        type=int,
+        default=None,
+        help="stop producing blocks at this height (default: never stop)",
     )
-    add_options(devnet, _LOGGING)
+    add_options(devnet, LOGGING)
+    devnet.set_defaults(handler=_devnet, read_settings=top_level_settings)
 
     _add_backfill_commands(sub)
     _add_verify_command(sub)
@@ -83,19 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="embedded PostgreSQL + devnet + run, with progress")
     _add_devnet_options(demo, height=1000, interval=0.02)
     demo.add_argument("--blocks", type=int, default=2000, help="stop after this many blocks")
-    add_options(demo, _LOGGING)
+    add_options(demo, LOGGING)
+    demo.set_defaults(handler=_demo, read_settings=top_level_settings)
+
+    for each in (parser, *sub.choices.values()):
+        each.log_format = log_format
     return parser
 
 
-def _add_backfill_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    database = ("database-url", "database-password-file", "connect-timeout-s", *_LOGGING)
+def _add_backfill_commands(sub: argparse._SubParsersAction[Any]) -> None:
     plan = sub.add_parser(
         "backfill-plan",
         help="split heights [FROM, TO) into parts to backfill side by side",
         description="Print one `run` flag line per part. --from/--to are half-open, [A, B); "
         "the printed --from-height/--to-height pairs are inclusive, as `run` takes them.",
     )
-    plan.add_argument("--from", dest="plan_from", type=int, required=True, metavar="A")
+    plan.add_argument(
+        "--from",
+        dest="plan_from",
+        type=int,
+        required=True,
+        metavar="A",
+        help="first height to fill",
+    )
     plan.add_argument(
         "--to",
         dest="plan_to",
@@ -104,12 +204,13 @@ def _add_backfill_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="B",
         help="first height NOT filled, e.g. the live stream's start_height",
     )
-    plan.add_argument("--parts", type=int, required=True, metavar="N")
+    plan.add_argument("--parts", type=int, required=True, metavar="N", help="how many parts")
     plan.add_argument(
         "--index",
         type=int,
         metavar="I",
-        help="print only part I (0-based, as JOB_COMPLETION_INDEX) as `run` flags",
+        help="print only part I (0-based, as JOB_COMPLETION_INDEX) as `run` flags "
+        "(default: print every part)",
     )
     plan.add_argument(
         "--resume",
@@ -117,7 +218,8 @@ def _add_backfill_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         help="with --index: start after that part's checkpoint if it has one (reads the database)",
     )
     plan.add_argument("--json", action="store_true", help="print the parts as JSON")
-    add_options(plan, database)
+    add_options(plan, DATABASE)
+    plan.set_defaults(handler=_backfill_plan, read_settings=_plan_settings)
 
     gaps = sub.add_parser(
         "gaps", help="heights that no checkpoint stream covers (exit 1 if there are any)"
@@ -141,13 +243,15 @@ def _add_backfill_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "--ledger-quiet-blocks",
         type=int,
         metavar="K",
-        help="also fail on K or more heights in a row without a play transaction in the ledger",
+        help="also fail on K or more heights in a row without a play transaction in the "
+        "ledger (default: no such check)",
     )
     gaps.add_argument("--json", action="store_true", help="print one JSON object")
-    add_options(gaps, ("stream", *database))
+    add_options(gaps, ("stream", *DATABASE))
+    gaps.set_defaults(handler=_gaps)
 
 
-def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_verify_command(sub: argparse._SubParsersAction[Any]) -> None:
     verify = sub.add_parser(
         "verify",
         help="compare plays with the chain over --from-height..--to-height "
@@ -159,18 +263,7 @@ def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     add_options(
         verify,
-        (
-            "core-url",
-            "rpc-timeout-s",
-            "connect-timeout-s",
-            "max-message-bytes",
-            "poll-concurrency",
-            "database-url",
-            "database-password-file",
-            "from-height",
-            "to-height",
-            *_LOGGING,
-        ),
+        (*NODE, "poll-concurrency", "from-height", "to-height", *DATABASE),
     )
     verify.add_argument(
         "--repair",
@@ -193,16 +286,22 @@ def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="how many differences to list [default: 20]",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(handler=_verify)
 
 
 def _add_devnet_options(
     parser: argparse.ArgumentParser, height: int = 100, interval: float = 1.0
 ) -> None:
-    from consumer.devnet import Profile
+    from consumer.devnet.chain import Profile
 
     parser.add_argument("--seed", type=int, default=1, help="chain seed (same seed, same chain)")
-    parser.add_argument("--chain-id", default="devnet-1")
-    parser.add_argument("--profile", choices=[p.value for p in Profile], default="typical")
+    parser.add_argument("--chain-id", default="devnet-1", help="the chain id the node reports")
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default="typical",
+        help="how many plays the blocks carry",
+    )
     parser.add_argument("--height", type=int, default=height, help="blocks that exist at start")
     parser.add_argument(
         "--block-interval-s",
@@ -218,63 +317,117 @@ def _add_devnet_options(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    debug = bool(getattr(args, "debug", False)) or os.environ.get("CORE_PLAYS_DEBUG") == "1"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    log_format, debug = _early_logging(argv, os.environ)
+    # Before anything imports grpc (see the imports above): its C core writes its own
+    # lines to stderr (one per failed TLS handshake). Errors reach us as exceptions, so
+    # none in JSON (every line must be JSON), errors only in text, all with --debug.
+    if not debug:
+        quiet = "NONE" if log_format is LogFormat.JSON else "ERROR"
+        os.environ.setdefault("GRPC_VERBOSITY", quiet)  # an operator's own value wins
+    args = build_parser(log_format).parse_args(argv)
     try:
         return _dispatch(args)
     except ConsumerError as exc:
-        if debug:
-            log.exception("fatal")
-        print(f"plays-consumer: error: {exc}", file=sys.stderr)
+        _fatal(str(exc), log_format, debug)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line; --debug shows where
+        hint = "" if debug else " (--debug shows where)"
+        _fatal(f"internal error: {type(exc).__name__}: {exc}{hint}", log_format, debug)
+        return 1
+
+
+def _early_logging(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[LogFormat, bool]:
+    """The log format and --debug before parsing, so even a parse error is reported in them."""
+    text = environ.get("CORE_PLAYS_LOG_FORMAT", "")
+    for i, word in enumerate(argv):
+        if word == "--log-format" and i + 1 < len(argv):
+            text = argv[i + 1]
+        elif word.startswith("--log-format="):
+            text = word.split("=", 1)[1]
+    try:
+        debug = "--debug" in argv or parse_bool(environ.get("CORE_PLAYS_DEBUG", "false"))
+    except ValueError:
+        debug = False  # reported when the settings are read
+    fmt = LogFormat.JSON if text.strip().lower() == "json" else LogFormat.TEXT
+    return fmt, debug
+
+
+def _fatal(message: str, log_format: LogFormat, debug: bool) -> None:
+    trace = traceback.format_exc() if debug else None
+    if trace is not None and log_format is LogFormat.TEXT:
+        sys.stderr.write(trace)
+        trace = None
+    sys.stderr.write(fatal_line(message, log_format, trace) + "\n")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    command = args.command
-    if command in ("devnet", "demo"):
-        setup_logging(args.log_format or "text", args.log_level or "info")
-        if command == "devnet":
-            from consumer.devnet.main import serve_devnet
-
-            asyncio.run(serve_devnet(args))
-            return 0
-        from consumer.demo import run_demo
-
-        return asyncio.run(run_demo(args))
-    if command == "backfill-plan" and not args.resume:
-        return _backfill_plan(args, None)  # pure arithmetic: no settings, no database
-    settings = Settings.from_args(args, os.environ)
+    """Settings as the command reads them, logging, then the command's handler."""
+    settings: Settings = args.read_settings(args, os.environ)
     setup_logging(settings.log_format, settings.log_level)
-    if command == "backfill-plan":
-        return _backfill_plan(args, settings)
-    if command == "gaps":
-        from consumer.backfill import format_gaps
+    for note in port_notes(settings, os.environ, core=hasattr(args, "core_url")):
+        log.info("%s", note)
+    handler: Handler = args.handler
+    return handler(args, settings)
 
-        found = asyncio.run(_gaps(args, settings))
-        print(format_gaps(found, as_json=args.json))
-        return 0 if found.ok else 1
-    if command == "migrate":
-        from consumer.admin import migrate_command
 
-        asyncio.run(migrate_command(settings))
-        return 0
-    if command == "verify":
-        from consumer.verify_command import verify_command
-
-        return verify_command(args, settings)
-    if command == "status":
-        from consumer.admin import status_command
-
-        report, ok = asyncio.run(status_command(settings))
-        _print_status(report, as_json=args.json)
-        return 0 if ok else 1
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(run_command(settings))
     return 0
 
 
-def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.admin import migrate_command
+
+    asyncio.run(migrate_command(settings))
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.admin import status_command
+
+    report, ok = asyncio.run(status_command(settings))
+    _print_status(report, as_json=args.json)
+    return 0 if ok else 1
+
+
+def _devnet(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.devnet.main import serve_devnet
+
+    asyncio.run(serve_devnet(args))
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.demo import run_demo
+
+    return asyncio.run(run_demo(args))
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.verify_command import verify_command
+
+    return verify_command(args, settings)
+
+
+def _gaps(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.backfill import format_gaps
+
+    found = asyncio.run(_find_gaps(args, settings))
+    print(format_gaps(found, as_json=args.json))
+    return 0 if found.ok else 1
+
+
+def _plan_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """A plan is arithmetic; only --resume reads the database."""
+    if args.resume:
+        return Settings.from_args(args, environ)
+    return top_level_settings(args, environ)
+
+
+def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.backfill import format_plan, plan_parts, resume_height
 
     plan = plan_parts(args.plan_from, args.plan_to, args.parts)
@@ -287,7 +440,9 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
         raise ConfigError(f"--index must be 0..{len(plan) - 1}, got {args.index}")
     part = plan[args.index]
     start = None
-    if settings is not None:
+    if args.resume:
+        from consumer.runner import connect_database
+
         sink = settings.sink
 
         async def resume() -> int:
@@ -300,8 +455,9 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
     return 0
 
 
-async def _gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
+async def _find_gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
     from consumer.backfill import find_gaps
+    from consumer.runner import connect_database
 
     sink = settings.sink
     conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
@@ -313,6 +469,12 @@ async def _gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
 
 async def run_command(settings: Settings, registry: CollectorRegistry | None = None) -> None:
     """The service: metrics endpoint plus the runner, until done or signalled."""
+    from prometheus_client import CollectorRegistry
+
+    from consumer.http import HttpServer
+    from consumer.metrics import Metrics
+    from consumer.runner import Runner
+
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     stop = asyncio.Event()
@@ -344,7 +506,7 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 def _effective(settings: Settings) -> str:
     """The configuration in one line, without secrets (SinkSettings' repr redacts)."""
     return (
-        f"core_url={settings.source.core_url} mode={settings.source.mode} "
+        f"core_url={settings.source.core_url} mode={settings.source.source_mode} "
         f"sink={settings.sink!r} from_height={settings.from_height} "
         f"to_height={settings.to_height} batch={settings.batch} "
         f"metrics_addr={settings.http.metrics_addr}"

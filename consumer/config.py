@@ -1,37 +1,141 @@
 """Settings: the only reader of CORE_PLAYS_* variables, and where defaults live.
 
-Every option is declared once in `OPTIONS`; the command line, the environment
-names and the README table are all made from it, so a flag cannot exist
-without its variable. Flags win over the environment. The database password
-never comes from a flag (flags show in `ps`): only from the environment, a
-file, or libpq's own PGPASSWORD/.pgpass.
+Each option is declared once, as a field of the settings dataclass that uses
+it: `option(default, help)` (consumer/options.py) gives the field its default and
+help, the field's annotation gives the type, and its name gives the flag
+(`--core-url`) and the variable (`CORE_PLAYS_CORE_URL`). argparse, the environment reader and the
+README check are all derived from those fields, so an option cannot reach the
+wrong settings object (there is no routing to get wrong) and cannot exist as a
+flag without its variable. Flags win over the environment, which wins over the
+defaults. The database password never comes from a flag (flags show in `ps`):
+only from the environment, a file, or libpq's own PGPASSWORD/.pgpass.
+
+To add an option: one field, `name_s: float = option(5.0, "What it does.")`, in
+the settings class whose code reads it. `run` takes every option at once; name
+it in another command's tuple in cli.py if that command needs it too; paste the
+README row that tests/test_readme.py prints.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.errors import ConfigError
+from consumer.options import (
+    ENV_PREFIX,
+    Option,
+    add_option,
+    build_section,
+    coerce_enums,
+    env_name,
+    option,
+    options_of,
+    parse_bool,
+)
 
 __all__ = [
     "OPTIONS",
     "BatchSettings",
     "HttpSettings",
+    "LogFormat",
+    "LogLevel",
     "Option",
     "Settings",
     "SinkSettings",
+    "SourceMode",
     "SourceSettings",
     "add_options",
     "env_name",
+    "flags_of",
+    "parse_bool",
+    "parse_core_url",
+    "port_notes",
+    "top_level_settings",
 ]
 
-ENV_PREFIX = "CORE_PLAYS_"
+PASSWORD_ENV = ENV_PREFIX + "DATABASE_PASSWORD"
+CORE_DEFAULT_PORT = 50051  # the node's plaintext gRPC port (docs/wire.md)
+CORE_TLS_PORT = 443
+POSTGRES_DEFAULT_PORT = 5432
+_CONNECT_TIMEOUT_S = 30.0
+
+
+class SourceMode(StrEnum):
+    AUTO = "auto"
+    STREAM = "stream"
+    POLL = "poll"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def parse_core_url(url: str) -> tuple[str, bool]:
+    """`http://host:port` or `host:port` is plaintext HTTP/2, `https://host[:port]` is TLS.
+
+    Returns the gRPC target and whether it is TLS; a missing port is the node's
+    default (50051 plaintext, 443 TLS), which `port_notes` tells the operator.
+    """
+    raw = url if "://" in url else f"http://{url}"
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"--core-url {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--core-url {url!r}: expected http://host:port, host:port or https://host[:port]"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"--core-url {url!r}: a gRPC address has no path or query")
+    tls = parts.scheme == "https"
+    port = port or (CORE_TLS_PORT if tls else CORE_DEFAULT_PORT)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", tls
+
+
+def _database_params(url: str, name: str) -> dict[str, str]:
+    """The libpq parameters of a URL or DSN; an error never repeats the text.
+
+    psycopg's own message quotes the string it could not parse, which may hold a
+    password: only its shape survives here.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else None
+    if scheme is not None and scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{name}: the scheme {scheme!r} is not PostgreSQL; expected "
+            "postgresql://user@host:port/dbname or a key=value DSN"
+        )
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except Exception as exc:  # psycopg raises ProgrammingError for any bad string
+        # libpq's own words come before its first quote; what it quotes is ours to hide.
+        reason = str(exc).split('"', 1)[0].strip().rstrip(":") or "unreadable"
+        if reason == "missing":
+            reason = 'a key without "=" after it'
+        raise ConfigError(
+            f"{name} is not a libpq URL or key=value DSN ({reason}; the value is not shown, "
+            "as it may hold a password)"
+        ) from None
+    for port in params.get("port", "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise ConfigError(f"{name}: port {port!r} is not a TCP port (1..65535)")
+    return params
 
 
 def _positive(name: str, value: float) -> None:
@@ -41,27 +145,57 @@ def _positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SourceSettings:
-    core_url: str = "http://127.0.0.1:50051"
-    source_mode: str = "auto"
-    rpc_timeout_s: float = 10.0
-    connect_timeout_s: float = 30.0
-    max_message_bytes: int = 256 * 1024 * 1024
-    poll_interval_s: float = 0.5
-    poll_window: int = 500
-    poll_concurrency: int = 4
-    catchup_threshold_blocks: int = 1000
-    head_refresh_s: float = 5.0
-    retry_cap_s: float = 10.0
-
-    @property
-    def mode(self) -> str:
-        return self.source_mode
+    core_url: str = option(
+        "http://127.0.0.1:50051",
+        "Core node gRPC address: http://host:port or host:port (plaintext HTTP/2), "
+        "https://host[:port] (TLS).",
+        metavar="URL",
+    )
+    core_ca_file: str | None = option(
+        None,
+        "PEM file of the certificate authority that signed the node's TLS certificate "
+        "(https:// only; default: the system's trusted roots).",
+        metavar="PATH",
+    )
+    source_mode: SourceMode = option(
+        SourceMode.AUTO,
+        "auto: GetBlocks windows to catch up, StreamBlocks at the tip, polling if the node "
+        "lacks StreamBlocks; stream or poll force one path.",
+    )
+    rpc_timeout_s: float = option(10.0, "Deadline of each unary call to the node.")
+    connect_timeout_s: float = option(
+        _CONNECT_TIMEOUT_S,
+        "How long to try the node and the database at start before exiting with a "
+        "configuration error.",
+    )
+    max_message_bytes: int = option(256 * 1024 * 1024, "Largest gRPC reply accepted (a big block).")
+    poll_interval_s: float = option(0.5, "Wait between polls at the tip (poll mode).")
+    poll_window: int = option(500, "Heights per GetBlocks call (at most 500).")
+    poll_concurrency: int = option(4, "GetBlocks calls in flight while catching up.")
+    catchup_threshold_blocks: int = option(
+        1000,
+        "In auto mode, poll GetBlocks windows while more than this many blocks behind the head.",
+    )
+    head_refresh_s: float = option(
+        5.0, "How often the chain head is asked for while streaming (for lag)."
+    )
+    retry_cap_s: float = option(10.0, "Longest wait between retries.")
 
     def __post_init__(self) -> None:
-        if self.source_mode not in ("auto", "stream", "poll"):
-            raise ConfigError(
-                f"--source-mode must be auto, stream or poll, got {self.source_mode!r}"
-            )
+        coerce_enums(self)
+        _target, tls = parse_core_url(self.core_url)
+        if self.core_ca_file is not None:
+            if not tls:
+                raise ConfigError(
+                    f"--core-ca-file is for TLS, but --core-url {self.core_url} is plaintext: "
+                    "use https://"
+                )
+            try:
+                pem = Path(self.core_ca_file).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"--core-ca-file {self.core_ca_file}: {exc.strerror}") from None
+            if b"-----BEGIN CERTIFICATE-----" not in pem:
+                raise ConfigError(f"--core-ca-file {self.core_ca_file}: no PEM certificate in it")
         if not 1 <= self.poll_window <= 500:
             raise ConfigError(
                 f"--poll-window must be 1..500 (GetBlocks' limit), got {self.poll_window}"
@@ -80,21 +214,44 @@ class SourceSettings:
 
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    database_url: str = option(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "PostgreSQL libpq URL or key=value DSN, without the password.",
+        metavar="URL",
+    )
+    database_password_file: str | None = option(
+        None,
+        "File holding the database password (default: CORE_PLAYS_DATABASE_PASSWORD, else "
+        "libpq's PGPASSWORD or .pgpass).",
+        metavar="PATH",
+    )
+    stream: str = option(
+        "live",
+        "Checkpoint stream: 'live' follows the tip; another name is a bounded backfill with "
+        "its own checkpoint and writer lock.",
+        metavar="NAME",
+    )
+    lease_retry_s: float = option(
+        2.0,
+        "How often a standby tries for the writer lock (it takes over within about this "
+        "long when the leader dies).",
+    )
+    rewind_checkpoint: bool = option(
+        False,
+        "Let --from-height move the checkpoint back "
+        "(by default a replay below it leaves it where it is).",
+    )
+    # Not options of their own: the password from the environment or the file
+    # above, and the one --connect-timeout-s (SourceSettings), copied in by from_args.
     password: str | None = field(default=None, repr=False)
-    stream: str = "live"
-    connect_timeout_s: float = 30.0
-    lease_retry_s: float = 2.0
-    rewind_checkpoint: bool = False
+    connect_timeout_s: float = _CONNECT_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        try:
-            conninfo_to_dict(self.database_url)
-        except Exception as exc:  # psycopg raises ProgrammingError for any bad string
-            raise ConfigError(f"--database-url is not a libpq URL or DSN: {exc}") from None
+        _database_params(self.database_url, "--database-url")
         if not self.stream.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"--stream must be letters, digits, - or _, got {self.stream!r}")
         _positive("connect_timeout_s", self.connect_timeout_s)
+        _positive("lease_retry_s", self.lease_retry_s)
 
     @property
     def conninfo(self) -> str:
@@ -106,7 +263,7 @@ class SinkSettings:
     @property
     def safe_url(self) -> str:
         """The URL with any password removed, for messages and logs."""
-        params = conninfo_to_dict(self.database_url)
+        params = _database_params(self.database_url, "--database-url")
         params.pop("password", None)
         return make_conninfo("", **params)
 
@@ -119,9 +276,9 @@ class SinkSettings:
 
 @dataclass(frozen=True, slots=True)
 class BatchSettings:
-    max_blocks: int = 1000
-    max_plays: int = 5000
-    queue_blocks: int = 1000
+    max_blocks: int = option(1000, "Most blocks in one database transaction.")
+    max_plays: int = option(5000, "Most plays in one database transaction.")
+    queue_blocks: int = option(1000, "Decoded blocks buffered between node and database.")
 
     def __post_init__(self) -> None:
         for name in ("max_blocks", "max_plays", "queue_blocks"):
@@ -130,8 +287,10 @@ class BatchSettings:
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
-    metrics_addr: str = "0.0.0.0:9464"
-    ready_max_lag_s: float = 60.0
+    metrics_addr: str = option(
+        "0.0.0.0:9464", "Address for /metrics, /healthz and /readyz.", metavar="HOST:PORT"
+    )
+    ready_max_lag_s: float = option(60.0, "/readyz fails while lag exceeds this.")
 
     def __post_init__(self) -> None:
         _host, sep, port = self.metrics_addr.rpartition(":")
@@ -150,15 +309,30 @@ class Settings:
     sink: SinkSettings = field(default_factory=SinkSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
-    from_height: int | None = None
-    to_height: int | None = None
-    log_format: str = "text"
-    log_level: str = "info"
-    debug: bool = False
-    no_audit: bool = False
-    audit_interval_s: float = 5.0
+    from_height: int | None = option(
+        None,
+        "Start at this height (replays are idempotent); default: after the checkpoint.",
+        metavar="N",
+    )
+    to_height: int | None = option(
+        None, "Stop after this height and exit 0; default: follow the chain forever.", metavar="M"
+    )
+    log_format: LogFormat = option(
+        LogFormat.TEXT, "text, or json: every line on stderr one JSON object, the fatal one too."
+    )
+    log_level: LogLevel = option(LogLevel.INFO, "Least severe log level shown.")
+    debug: bool = option(False, "Print tracebacks for errors.")
+    no_audit: bool = option(
+        False,
+        "Turn off the continuous audit (stream-delivered blocks re-read through GetBlocks "
+        "and repaired; a bounded run then ends without waiting for it).",
+    )
+    audit_interval_s: float = option(
+        5.0, "How often the continuous audit re-reads what the stream delivered."
+    )
 
     def __post_init__(self) -> None:
+        coerce_enums(self)
         if self.from_height is not None and self.from_height < 1:
             raise ConfigError(f"--from-height must be at least 1, got {self.from_height}")
         if self.to_height is not None and self.to_height < 1:
@@ -172,57 +346,44 @@ class Settings:
                 f"--to-height {self.to_height} is below --from-height {self.from_height}"
             )
         _positive("audit_interval_s", self.audit_interval_s)
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
-            raise ConfigError(
-                f"--log-level must be debug, info, warning or error, got {self.log_level!r}"
-            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         """Flags win over CORE_PLAYS_* variables, which win over the defaults."""
-        values: dict[str, dict[str, Any]] = {
-            "": {},
-            "source": {},
-            "sink": {},
-            "batch": {},
-            "http": {},
-        }
-        for opt in OPTIONS:
-            raw = getattr(args, opt.dest, None)
-            if raw is None and env_name(opt.flag) in environ:
-                text = environ[env_name(opt.flag)]
-                try:
-                    raw = opt.parse(text)
-                except ValueError:
-                    raise ConfigError(
-                        f"{env_name(opt.flag)}={text!r}: not a valid value for --{opt.flag}"
-                    ) from None
-            if raw is not None:
-                values[opt.section][opt.dest] = raw
-        sink = values["sink"]
-        flag_url = getattr(args, "database_url", None)
-        if flag_url and _conninfo_params(flag_url).get("password"):
-            raise ConfigError(
-                "--database-url carries a password, which would show in `ps`: pass it in "
-                "CORE_PLAYS_DATABASE_PASSWORD or --database-password-file instead"
-            )
-        sink["password"] = _read_password(environ, sink.pop("database_password_file", None))
-        return cls(
-            source=SourceSettings(**values["source"]),
-            sink=SinkSettings(**sink),
-            batch=BatchSettings(**values["batch"]),
-            http=HttpSettings(**values["http"]),
-            **values[""],
+        _refuse_password_in_url(args, environ)
+        source = build_section(SourceSettings, args, environ)
+        sink = build_section(SinkSettings, args, environ)
+        sink = replace(
+            sink,
+            password=_read_password(environ, sink.database_password_file),
+            connect_timeout_s=source.connect_timeout_s,
+        )
+        return replace(
+            build_section(cls, args, environ),
+            source=source,
+            sink=sink,
+            batch=build_section(BatchSettings, args, environ),
+            http=build_section(HttpSettings, args, environ),
         )
 
 
-def _conninfo_params(url: str) -> dict[str, object]:
-    try:
-        return dict(conninfo_to_dict(url))
-    except Exception:  # reported by SinkSettings with the flag's name
-        return {}
+_SECTIONS = (SourceSettings, SinkSettings, BatchSettings, HttpSettings, Settings)
+OPTIONS: tuple[Option, ...] = tuple(o for cls in _SECTIONS for o in options_of(cls))
+_BY_FLAG = {o.flag: o for o in OPTIONS}
+assert len(_BY_FLAG) == len(OPTIONS), "two options with one name"
+
+
+def _refuse_password_in_url(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """A password inside the URL is refused wherever the URL comes from (one rule), and
+    an unreadable URL is named as the operator gave it (flag or variable)."""
+    name, url = "--database-url", getattr(args, "database_url", None)
+    if url is None:
+        name, url = env_name("database-url"), environ.get(env_name("database-url"))
+    if url is not None and _database_params(url, name).get("password"):
+        raise ConfigError(
+            f"{name} carries a password, which would show in `ps` and in logs: pass it in "
+            f"{PASSWORD_ENV} or --database-password-file instead"
+        )
 
 
 def _read_password(environ: Mapping[str, str], path: str | None) -> str | None:
@@ -231,159 +392,38 @@ def _read_password(environ: Mapping[str, str], path: str | None) -> str | None:
             return Path(path).read_text().rstrip("\n")
         except OSError as exc:
             raise ConfigError(f"--database-password-file {path}: {exc.strerror}") from None
-    return environ.get(ENV_PREFIX + "DATABASE_PASSWORD")
+    return environ.get(PASSWORD_ENV)
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One setting as the command line and the environment know it."""
-
-    flag: str
-    section: str  # "" for Settings itself, else the sub-settings attribute
-    parse: Callable[[str], Any]
-    help: str
-    choices: tuple[str, ...] | None = None
-    is_switch: bool = False
-
-    @property
-    def dest(self) -> str:
-        return self.flag.replace("-", "_")
-
-
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.replace("-", "_").upper()
+def port_notes(settings: Settings, environ: Mapping[str, str], *, core: bool = True) -> list[str]:
+    """What a URL without a port resolves to, for a line at start."""
+    notes = []
+    url = settings.source.core_url
+    raw = url if "://" in url else f"http://{url}"
+    if core and urlsplit(raw).port is None:
+        target, _tls = parse_core_url(url)
+        notes.append(f"--core-url {url} has no port: using {target}")
+    params = _database_params(settings.sink.database_url, "--database-url")
+    if "port" not in params:
+        port = environ.get("PGPORT", str(POSTGRES_DEFAULT_PORT))
+        where = "PGPORT" if "PGPORT" in environ else "PostgreSQL's default"
+        notes.append(f"--database-url has no port: using {port} ({where})")
+    return notes
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(text)
+def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add options to a command by flag name (`"core-url"`; `flags_of(cls)` names a class's)."""
+    for name in names:
+        if name not in _BY_FLAG:
+            raise KeyError(f"no option --{name}")  # caught by the parser tests
+        add_option(parser, _BY_FLAG[name])
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "core-url",
-        "source",
-        str,
-        "Core node gRPC address: http://host:port or host:port "
-        "(plaintext HTTP/2), https://host[:port] (TLS).",
-    ),
-    Option(
-        "source-mode",
-        "source",
-        str,
-        "auto: GetBlocks windows to catch up, StreamBlocks at "
-        "the tip, polling if the node lacks StreamBlocks; stream or poll force one path.",
-        choices=("auto", "stream", "poll"),
-    ),
-    Option("rpc-timeout-s", "source", float, "Deadline of each unary call to the node."),
-    Option(
-        "connect-timeout-s",
-        "source",
-        float,
-        "How long to try the node and the database at "
-        "start before exiting with a configuration error.",
-    ),
-    Option("max-message-bytes", "source", int, "Largest gRPC reply accepted (a big block)."),
-    Option("poll-interval-s", "source", float, "Wait between polls at the tip (poll mode)."),
-    Option("poll-window", "source", int, "Heights per GetBlocks call (at most 500)."),
-    Option("poll-concurrency", "source", int, "GetBlocks calls in flight while catching up."),
-    Option(
-        "catchup-threshold-blocks",
-        "source",
-        int,
-        "In auto mode, poll GetBlocks windows while more than this many blocks behind the head.",
-    ),
-    Option(
-        "head-refresh-s",
-        "source",
-        float,
-        "How often the chain head is asked for while streaming (for lag).",
-    ),
-    Option("retry-cap-s", "source", float, "Longest wait between retries."),
-    Option("database-url", "sink", str, "PostgreSQL libpq URL or DSN, without the password."),
-    Option(
-        "database-password-file",
-        "sink",
-        str,
-        "File holding the database password (or set CORE_PLAYS_DATABASE_PASSWORD).",
-    ),
-    Option(
-        "stream",
-        "sink",
-        str,
-        "Checkpoint stream: 'live' follows the tip; another name is "
-        "a bounded backfill with its own checkpoint and writer lock.",
-    ),
-    Option(
-        "lease-retry-s",
-        "sink",
-        float,
-        "How often a standby tries for the writer lock (it takes over within about this "
-        "long when the leader dies).",
-    ),
-    Option(
-        "rewind-checkpoint",
-        "sink",
-        _bool,
-        "Let --from-height move the checkpoint back "
-        "(by default a replay below it leaves it where it is).",
-        is_switch=True,
-    ),
-    Option("max-blocks", "batch", int, "Most blocks in one database transaction."),
-    Option("max-plays", "batch", int, "Most plays in one database transaction."),
-    Option("queue-blocks", "batch", int, "Decoded blocks buffered between node and database."),
-    Option("metrics-addr", "http", str, "Address for /metrics, /healthz and /readyz."),
-    Option("ready-max-lag-s", "http", float, "/readyz fails while lag exceeds this."),
-    Option("from-height", "", int, "Start at this height (replays are idempotent)."),
-    Option("to-height", "", int, "Stop after this height and exit 0."),
-    Option("log-format", "", str, "text or json.", choices=("text", "json")),
-    Option("log-level", "", str, "debug, info, warning or error."),
-    Option("debug", "", _bool, "Print tracebacks for errors.", is_switch=True),
-    Option(
-        "no-audit",
-        "",
-        _bool,
-        "Turn off the continuous audit (stream-delivered blocks re-read through GetBlocks "
-        "and repaired; a bounded run then ends without waiting for it).",
-        is_switch=True,
-    ),
-    Option(
-        "audit-interval-s",
-        "",
-        float,
-        "How often the continuous audit re-reads what the stream delivered.",
-    ),
-)
+def top_level_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Settings' own options (logging, heights) only: for commands without a node or database."""
+    return build_section(Settings, args, environ)
 
 
-def add_options(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
-    """Add the options of the given sections; defaults stay None so env can fill them."""
-    defaults = _defaults()
-    for opt in OPTIONS:
-        if opt.section not in sections and opt.flag not in sections:
-            continue
-        default = defaults.get(opt.dest)
-        text = f"{opt.help} [env {env_name(opt.flag)}" + (
-            f"; default {default}]" if default is not None else "]"
-        )
-        if opt.is_switch:
-            parser.add_argument(
-                f"--{opt.flag}", action="store_const", const=True, default=None, help=text
-            )
-        else:
-            parser.add_argument(
-                f"--{opt.flag}", type=opt.parse, choices=opt.choices, default=None, help=text
-            )
-
-
-def _defaults() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for cls in (SourceSettings, SinkSettings, BatchSettings, HttpSettings, Settings):
-        for f in fields(cls):
-            if f.default is not MISSING and f.default is not None:
-                out[f.name] = f.default
-    return out
+def flags_of(*sections: type) -> tuple[str, ...]:
+    """Every option flag declared on these settings classes, in declaration order."""
+    return tuple(o.flag for o in OPTIONS if o.owner in sections)

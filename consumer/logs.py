@@ -1,4 +1,8 @@
-"""One log line per event, as text for people or JSON for log pipelines."""
+"""One log line per event, as text for people or JSON for log pipelines.
+
+In JSON every line on stderr is one object, the fatal one too (`fatal_line`),
+so a log pipeline never has to guess at a line's shape.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,42 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-__all__ = ["setup_logging"]
+from consumer.config import LogFormat, LogLevel
+
+__all__ = ["fatal_line", "setup_logging"]
+
+
+def _json_line(created: float, level: str, logger: str, message: str, trace: str | None) -> str:
+    line = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    if trace:
+        line["exception"] = trace
+    return json.dumps(line, ensure_ascii=False)
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        trace = self.formatException(record.exc_info) if record.exc_info else None
+        return _json_line(
+            record.created, record.levelname.lower(), record.name, record.getMessage(), trace
+        )
 
 
-def setup_logging(fmt: str = "text", level: str = "info") -> None:
+def fatal_line(message: str, fmt: LogFormat, trace: str | None = None) -> str:
+    """The last line of a failed command: `plays-consumer: error: ...`, or one JSON object."""
+    if fmt is LogFormat.JSON:
+        now = datetime.now(UTC).timestamp()
+        return _json_line(now, "error", "consumer", message, trace)
+    return f"plays-consumer: error: {message}"
+
+
+def setup_logging(fmt: LogFormat = LogFormat.TEXT, level: LogLevel = LogLevel.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
+    if fmt is LogFormat.JSON:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))

@@ -114,6 +114,13 @@ async def connect_database(
                     f"cannot use PostgreSQL at {safe_url}: {text} "
                     f"(tried for {timeout_s:g} s; check --database-url and the password)"
                 ) from None
+            if backoff.attempts == 0:
+                log.warning(
+                    "cannot reach PostgreSQL at %s yet (%s); retrying for up to %g s",
+                    safe_url,
+                    text,
+                    timeout_s,
+                )
             await asyncio.sleep(backoff.next_delay())
 
 
@@ -174,7 +181,7 @@ class Runner:
             log.info("node %s is on chain %s at height %d", client.url, info.chain_id, info.head)
             await self._prepare_database()
             source = CoreSource(client, settings.source, self.metrics, on_mode=self._on_source_mode)
-            self._on_source_mode(settings.source.mode)
+            self._on_source_mode(settings.source.source_mode)
             while not self.stop.is_set():
                 if await self._session(client, source):
                     return
@@ -193,6 +200,13 @@ class Runner:
                 return await client.node_info()
             except SourceUnavailable as exc:
                 self.metrics.source_errors_total.labels(exc.code).inc()
+                if backoff.attempts == 0:
+                    log.warning(
+                        "cannot reach the Core node at %s yet (%s); retrying for up to %g s",
+                        client.url,
+                        exc,
+                        timeout_s,
+                    )
                 if time.monotonic() >= deadline:
                     raise ConfigError(
                         f"cannot reach the Core node at {client.url}: GetNodeInfo failed for "

@@ -17,8 +17,8 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -26,7 +26,7 @@ from grpc import aio
 
 from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.backoff import Backoff
-from consumer.config import SourceSettings
+from consumer.config import SourceSettings, parse_core_url
 from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, RawTx, Rpc
@@ -38,6 +38,7 @@ __all__ = [
     "NodeInfo",
     "parse_block",
     "parse_core_url",
+    "tls_failure",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,21 +83,23 @@ class _Unimplemented(SourceFailed):
         self.call = call
 
 
-def parse_core_url(url: str) -> tuple[str, bool]:
-    """`http://host:port` or `host:port` is plaintext HTTP/2, `https://host[:port]` is TLS."""
-    raw = url if "://" in url else f"http://{url}"
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"--core-url {url!r}: expected http://host:port, host:port or https://host[:port]"
+def tls_failure(detail: str) -> str | None:
+    """What to fix when a TLS handshake failed, or None if the error is not one.
+
+    Retrying a handshake cannot help: the port speaks plaintext, or the node's
+    certificate is not trusted. The operator is told which at once.
+    """
+    lowered = detail.lower()
+    if "handshake failed" not in lowered:
+        return None
+    if "wrong_version_number" in lowered or "packet_length_too_long" in lowered:
+        return "TLS handshake failed: the port speaks plaintext; use http://host:port"
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return (
+            "TLS handshake failed: the node's certificate is not trusted; give its CA in "
+            "--core-ca-file"
         )
-    tls = parts.scheme == "https"
-    try:
-        port = parts.port or (443 if tls else 50051)
-    except ValueError as exc:
-        raise ConfigError(f"--core-url {url!r}: {exc}") from None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}", tls
+    return "TLS handshake failed: check the scheme (http vs https) and --core-ca-file"
 
 
 def parse_block(raw: bytes, expected_height: int, via: Rpc = Rpc.UNKNOWN) -> Block:
@@ -123,7 +126,13 @@ class CoreClient:
             ("grpc.enable_retries", 0),
         ]
         if tls:
-            self._channel = aio.secure_channel(target, grpc.ssl_channel_credentials(), options)
+            ca = settings.core_ca_file
+            try:
+                roots = Path(ca).read_bytes() if ca is not None else None
+            except OSError as exc:
+                raise ConfigError(f"--core-ca-file {ca}: {exc.strerror}") from None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = aio.secure_channel(target, credentials, options)
         else:
             self._channel = aio.insecure_channel(target, options)
         ser = _serialize
@@ -147,6 +156,9 @@ class CoreClient:
         code = exc.code()
         detail = exc.details() or ""
         where = f"{call} on {self.url}"
+        tls_hint = tls_failure(detail)
+        if tls_hint is not None:
+            return ConfigError(f"{where}: {tls_hint}")
         if code is grpc.StatusCode.UNIMPLEMENTED:
             return _Unimplemented(f"{where}: UNIMPLEMENTED {detail}".rstrip(), call)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
@@ -247,7 +259,7 @@ class CoreSource:
         self.settings = settings
         self.metrics = metrics
         self.backoff = backoff or Backoff(cap_s=settings.retry_cap_s)
-        self.streaming_supported = settings.mode != "poll"
+        self.streaming_supported = settings.source_mode != "poll"
         self._on_mode = on_mode or (lambda mode: None)
         self._head = 0
         # Kept across reconnects: what a block of this chain weighs is still true.
@@ -302,7 +314,7 @@ class CoreSource:
     def _use_stream(self, next_height: int) -> bool:
         if not self.streaming_supported:
             return False
-        if self.settings.mode == "stream":
+        if self.settings.source_mode == "stream":
             return True
         return self._head - next_height < self.settings.catchup_threshold_blocks
 
@@ -367,7 +379,7 @@ class CoreSource:
         try:
             while end is None or next_height <= end:
                 if (
-                    settings.mode == "auto"
+                    settings.source_mode == "auto"
                     and self.streaming_supported
                     and self._use_stream(next_height)
                 ):
@@ -407,7 +419,7 @@ class CoreSource:
         """The last height worth asking for now: the head, the end, and in auto
         mode the height where the stream takes over."""
         last = self._head if end is None else min(self._head, end)
-        if self.settings.mode == "auto" and self.streaming_supported:
+        if self.settings.source_mode == "auto" and self.streaming_supported:
             last = min(last, self._head - self.settings.catchup_threshold_blocks)
         return last
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from psycopg.rows import TupleRow
 
 from consumer.compare import Difference, DifferenceKind, Findings, LedgerEntry, compare_blocks
-from consumer.config import SourceSettings
+from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
@@ -261,7 +261,9 @@ async def verify_range(
     report = VerifyReport(chain_id, from_height, to_height, max_differences)
     pruned_before = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=pruned_before_days)
     # GetBlocks windows whatever the service follows with: the other path.
-    source = CoreSource(client, replace(settings, source_mode="poll"), Metrics(CollectorRegistry()))
+    source = CoreSource(
+        client, replace(settings, source_mode=SourceMode.POLL), Metrics(CollectorRegistry())
+    )
     repairer = PlaysSink(conn, chain_id, "verify", from_height, checkpoint=False)
     started = time.monotonic()
     chunk: list[DecodedBlock] = []

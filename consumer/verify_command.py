@@ -15,6 +15,7 @@ import psycopg
 
 from consumer.config import Settings
 from consumer.errors import ConfigError, ConsumerError
+from consumer.logs import fatal_line
 from consumer.runner import connect_database
 from consumer.source import CoreClient
 from consumer.verify import VerifyReport, verify_range
@@ -32,7 +33,7 @@ def verify_command(args: argparse.Namespace, settings: Settings) -> int:
         raise
     except (ConsumerError, psycopg.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"plays-consumer: error: verify could not finish: {first}", file=sys.stderr)
+        print(fatal_line(f"verify could not finish: {first}", settings.log_format), file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.conftest import DevnetFactory
-from tests.procs import flags, run_once
+from tests.procs import flags, free_port, run_once
 
 
 def error_lines(err: str) -> list[str]:
@@ -82,20 +84,101 @@ async def test_a_user_who_cannot_create_the_schema_is_told_what_to_grant(
             await conn.execute("DROP ROLE cpc_reader")
 
 
-async def test_a_tls_url_against_a_plaintext_port_suggests_checking_the_scheme(
+async def test_a_tls_url_against_a_plaintext_port_is_one_line_saying_so(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
     devnet = await devnet_factory(height=5)
     tls_url = devnet.url.replace("http://", "https://")
     code, _, err = await run_once(
         "run",
-        *flags(
-            core_url=tls_url, database_url=database, connect_timeout_s=1, metrics_addr="127.0.0.1:0"
-        ),
+        *flags(core_url=tls_url, database_url=database, metrics_addr="127.0.0.1:0"),
     )
     assert code == 2
     [line] = error_lines(err)
-    assert tls_url in line and "http vs https" in line
+    assert tls_url in line and "plaintext" in line and "http://" in line
+    assert "andshake" not in err.replace(line, "")  # no line per failed handshake from grpc
+
+
+async def test_a_refused_node_port_says_it_is_retrying_and_where(database: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = await run_once(
+        "run",
+        *flags(
+            core_url=url, database_url=database, connect_timeout_s=1, metrics_addr="127.0.0.1:0"
+        ),
+    )
+    assert code == 2
+    [retrying] = [line for line in err.splitlines() if "retrying" in line]
+    assert "WARNING" in retrying and url in retrying
+
+
+async def test_a_refused_database_port_says_it_is_retrying_and_where() -> None:
+    port = free_port()
+    code, _, err = await run_once(
+        "migrate", *flags(database_url=f"postgresql://app@127.0.0.1:{port}/x", connect_timeout_s=1)
+    )
+    assert code == 2
+    [retrying] = [line for line in err.splitlines() if "retrying" in line]
+    assert "WARNING" in retrying and f"port={port}" in retrying
+
+
+async def test_with_json_logs_every_line_is_json_the_fatal_one_too() -> None:
+    code, _, err = await run_once(
+        "run",
+        *flags(
+            core_url=f"http://127.0.0.1:{free_port()}",
+            connect_timeout_s=1,
+            metrics_addr="127.0.0.1:0",
+            log_format="json",
+        ),
+    )
+    assert code == 2
+    records = [json.loads(line) for line in err.splitlines()]
+    assert (
+        records[-1]["level"] == "error" and "cannot reach the Core node" in records[-1]["message"]
+    )
+
+
+async def test_with_json_logs_a_command_line_error_is_json_too() -> None:
+    code, _, err = await run_once("run", "--log-format", "json", "--form-height", "3")
+    assert code == 2
+    [record] = [json.loads(line) for line in err.splitlines()]
+    assert "did you mean --from-height?" in record["message"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CORE_PLAYS_DATABASE_URL": "postgresql://app:hunter2@127.0.0.1/x"},
+        {"CORE_PLAYS_DATABASE_URL": "postgresql://app:hunter2%zz@127.0.0.1/x"},
+    ],
+    ids=["password", "unparseable"],
+)
+async def test_a_database_url_from_the_environment_is_refused_without_being_shown(
+    env: dict[str, str],
+) -> None:
+    code, _, err = await run_once("migrate", env=env)
+    assert code == 2
+    [line] = error_lines(err)
+    assert "CORE_PLAYS_DATABASE_URL" in line and "hunter2" not in err
+
+
+async def test_the_devnet_on_a_busy_port_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        code, _, err = await run_once("devnet", "--listen", listen)
+    assert code == 2
+    assert error_lines(err) == err.splitlines()
+    [line] = error_lines(err)
+    assert listen in line
+
+
+async def test_the_devnet_with_a_bad_listen_address_is_one_line() -> None:
+    code, _, err = await run_once("devnet", "--listen", "localhost")
+    assert code == 2
+    assert len(error_lines(err)) == 1 == len(err.splitlines())
 
 
 async def test_an_unknown_host_is_one_line_naming_it(database: str) -> None:

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import time
 
 from consumer.devnet.chain import ChainSpec, DevChain, Profile
 from consumer.devnet.server import DevnetServer, Faults
+from consumer.errors import ConfigError
 
-__all__ = ["devnet_from_args", "serve_devnet"]
+__all__ = ["devnet_from_args", "parse_listen", "serve_devnet"]
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,46 @@ def devnet_from_args(
     )
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:port` for IPv6); a bad one is the operator's to fix."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen must be host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _check_bindable(host: str, port: int, listen: str) -> None:
+    """Bind once ourselves: grpc reports a busy port only as a bare RuntimeError."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--listen {listen}: cannot resolve {host!r} ({exc})") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"--listen {listen}: cannot listen there ({exc.strerror})") from None
+
+
 async def serve_devnet(args: argparse.Namespace) -> None:
-    host, _, port = args.listen.rpartition(":")
-    server = devnet_from_args(args, host or "127.0.0.1", int(port), args.max_height)
+    host, port = parse_listen(args.listen)
+    _check_bindable(host, port, args.listen)
+    server = devnet_from_args(args, host, port, args.max_height)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with server:
+    try:
+        await server.start()
+    except RuntimeError as exc:  # grpc's bind failure (a race with another process)
+        raise ConfigError(f"--listen {args.listen}: cannot listen there ({exc})") from None
+    try:
         print(
             f"devnet: chain {server.chain.spec.chain_id} at height {server.head}, "
             f"serving core.v1.CoreService on {server.url}",
             flush=True,
         )
         await stop.wait()
+    finally:
+        await server.stop()
