@@ -18,6 +18,7 @@ catch-up through the stream costs a few integers, not one per block.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -82,7 +83,8 @@ class Auditor:
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
         self._committed = 0
         self._saved = 0
-        self._advanced = asyncio.Event()  # audited_height moved
+        self._hurry = asyncio.Event()  # someone waits for the audit: do not sleep
+        self._saved_moved = asyncio.Event()
         self.audited_height = 0
         self._shown = math.nan  # what the gauge shows: NaN until known
 
@@ -106,10 +108,12 @@ class Auditor:
         self._advance()
 
     async def until_audited(self, height: int) -> None:
-        """Return once every height up to `height` is audited (a bounded run's end)."""
-        while self.audited_height < height:
-            self._advanced.clear()
-            await self._advanced.wait()
+        """Return once every height up to `height` is audited and that is saved in
+        the checkpoint row (a bounded run's end: a restart must not audit it again)."""
+        while self.audited_height < height or self._saved < height:
+            self._saved_moved.clear()
+            self._hurry.set()
+            await self._saved_moved.wait()
 
     # --- the audit -----------------------------------------------------------
 
@@ -120,7 +124,12 @@ class Auditor:
             while True:
                 # A little later: what the stream delivered in the last interval is
                 # read again in one call (one small call every few seconds at the tip).
-                await asyncio.sleep(self.interval_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                # session's cancellation when the event fires at the same moment.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.interval_s):
+                        await self._hurry.wait()
+                self._hurry.clear()
                 try:
                     if conn is None or conn.closed:
                         conn = await self._connect()
@@ -201,6 +210,7 @@ class Auditor:
         if self.audited_height > self._saved:
             await conn.execute(_SAVE_AUDITED, (self.audited_height, self.chain_id, self.stream))
             self._saved = self.audited_height
+        self._saved_moved.set()  # every round: a waiter checks again
 
     # --- pending ranges ------------------------------------------------------
 
@@ -230,4 +240,3 @@ class Auditor:
             self.audited_height = max(self.audited_height, frontier)
             self._shown = float(self.audited_height)
             self.metrics.audited_height.set(self.audited_height)
-            self._advanced.set()
