@@ -39,6 +39,7 @@ from consumer.options import (
     options_of,
     parse_bool,
 )
+from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 
 __all__ = [
     "OPTIONS",
@@ -180,6 +181,11 @@ class SourceSettings:
         5.0, "How often the chain head is asked for while streaming (for lag)."
     )
     retry_cap_s: float = option(10.0, "Longest wait between retries.")
+    stall_timeout_s: float = option(
+        30.0,
+        "A stream that sends no block for this long while the node's head is ahead is "
+        "stalled: logged, counted and reconnected.",
+    )
 
     def __post_init__(self) -> None:
         coerce_enums(self)
@@ -196,9 +202,10 @@ class SourceSettings:
                 raise ConfigError(f"--core-ca-file {self.core_ca_file}: {exc.strerror}") from None
             if b"-----BEGIN CERTIFICATE-----" not in pem:
                 raise ConfigError(f"--core-ca-file {self.core_ca_file}: no PEM certificate in it")
-        if not 1 <= self.poll_window <= 500:
+        if not 1 <= self.poll_window <= MAX_GETBLOCKS_HEIGHTS:
             raise ConfigError(
-                f"--poll-window must be 1..500 (GetBlocks' limit), got {self.poll_window}"
+                f"--poll-window must be 1..{MAX_GETBLOCKS_HEIGHTS} (GetBlocks' limit), "
+                f"got {self.poll_window}"
             )
         for name in (
             "rpc_timeout_s",
@@ -208,6 +215,7 @@ class SourceSettings:
             "poll_concurrency",
             "head_refresh_s",
             "retry_cap_s",
+            "stall_timeout_s",
         ):
             _positive(name, getattr(self, name))
 

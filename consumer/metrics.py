@@ -148,6 +148,12 @@ class Metrics:
             self.source_conflicts_total.labels(conflict.value)
         for difference in DifferenceKind:
             self.audit_mismatches_total.labels(difference.value)
+        # Appended (issue 14.5): silence from the node while its head is ahead.
+        self.source_stalls_total = counter(
+            "source_stalls_total",
+            "Times the node sent no block for --stall-timeout-s while its head was ahead "
+            "(each is followed by a reconnect).",
+        )
 
     def _lag_blocks(self) -> float:
         # NaN (unknown) rather than 0 until both ends are known: a zero would

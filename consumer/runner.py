@@ -180,7 +180,13 @@ class Runner:
             self.metrics.set_head(info.head)
             log.info("node %s is on chain %s at height %d", client.url, info.chain_id, info.head)
             await self._prepare_database()
-            source = CoreSource(client, settings.source, self.metrics, on_mode=self._on_source_mode)
+            source = CoreSource(
+                client,
+                settings.source,
+                self.metrics,
+                on_mode=self._on_source_mode,
+                chain_id=info.chain_id,
+            )
             self._on_source_mode(settings.source.source_mode)
             while not self.stop.is_set():
                 if await self._session(client, source):

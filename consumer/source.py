@@ -1,11 +1,13 @@
 """Finalized Core blocks, in height order, with no gap and no repeat.
 
-The only module that speaks gRPC. Replies are read through the wire-compatible
-view messages (proto/core/v1/view.proto): the block envelope here, each
-transaction later in decode, so one undecodable transaction or block never
-wedges the chain. gRPC errors are translated to ours at this boundary, and the
-source itself reconnects from the next height with backoff: the runner only
-ever sees blocks, or an error that waiting will not fix.
+The only module that speaks gRPC: thin drivers over the rules in
+consumer.sequencer. Replies are read through the wire-compatible view messages
+(proto/core/v1/view.proto): the block envelope here, each transaction later in
+decode, so one undecodable transaction or block never wedges the chain. gRPC
+errors are translated to ours at this boundary, and the source itself
+reconnects from the next height with backoff: the runner only ever sees
+blocks, or an error that waiting will not fix (a chain mismatch, a block over
+the size limit, a call the node does not serve).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -30,9 +32,17 @@ from consumer.config import SourceSettings, parse_core_url
 from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, RawTx, Rpc
+from consumer.sequencer import (
+    Path,
+    Sequencer,
+    Verdict,
+    WindowSizer,
+    choose_path,
+    is_stalled,
+    poll_limit,
+)
 
 __all__ = [
-    "BlockSource",
     "CoreClient",
     "CoreSource",
     "NodeInfo",
@@ -44,11 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SERVICE = "/core.v1.CoreService/"
-MAX_WINDOW = 500  # GetBlocks refuses more heights per call
-# About this many reply bytes per GetBlocks call (see _WindowSizer), and the heights
-# asked for before any block size is known.
-_WINDOW_BYTES = 2 * 1024 * 1024
-_FIRST_WINDOW = 32
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -58,14 +63,6 @@ _RETRYABLE = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-
-Req = TypeVar("Req")
-
-
-class BlockSource(Protocol):
-    def blocks(self, start: int, end: int | None) -> AsyncGenerator[Block, None]: ...
-
-    async def head(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +78,11 @@ class _Unimplemented(SourceFailed):
     def __init__(self, message: str, call: str) -> None:
         super().__init__(message)
         self.call = call
+
+
+class _TooLarge(ConfigError):
+    """A reply over --max-message-bytes. For one block it is the operator's to fix;
+    for a GetBlocks window of several, a smaller window is (see WindowSizer.too_large)."""
 
 
 def tls_failure(detail: str) -> str | None:
@@ -104,13 +106,29 @@ def tls_failure(detail: str) -> str | None:
 
 def parse_block(raw: bytes, expected_height: int, via: Rpc = Rpc.UNKNOWN) -> Block:
     """Read a block's envelope; an unreadable one becomes a Block carrying the error."""
+    return _read_block(raw, expected_height, via)[0]
+
+
+def _read_block(raw: bytes, expected_height: int, via: Rpc) -> tuple[Block, tuple[str, ...]]:
+    """The block and the chain ids its transactions name (empty where unset)."""
     try:
         view = view_pb2.BlockView.FromString(raw)
     except DecodeError as exc:
-        return Block.unreadable(expected_height, raw, f"block envelope: {exc}", via)
+        return Block.unreadable(expected_height, raw, f"block envelope: {exc}", via), ()
     ts = view.timestamp
     txs = tuple(RawTx(tx.hash, tx.transaction) for tx in view.transactions)
-    return Block(view.height, view.hash, view.chain_id, ts.seconds, ts.nanos, txs, via=via)
+    chains = tuple({tx.chain_id for tx in view.transactions if tx.chain_id})
+    block = Block(view.height, view.hash, view.chain_id, ts.seconds, ts.nanos, txs, via=via)
+    return block, chains
+
+
+def _delivered(raw: bytes, height: int, via: Rpc) -> tuple[Block, tuple[str, ...]]:
+    """A block delivered for `height`. An envelope that parses but names no height
+    (empty bytes read as height 0) can never be a block: set aside, as garbage is."""
+    block, chains = _read_block(raw, height, via)
+    if not block.error and block.height <= 0:
+        return Block.unreadable(height, raw, f"envelope says height {block.height}", via), ()
+    return block, chains
 
 
 class CoreClient:
@@ -128,7 +146,7 @@ class CoreClient:
         if tls:
             ca = settings.core_ca_file
             try:
-                roots = Path(ca).read_bytes() if ca is not None else None
+                roots = pathlib.Path(ca).read_bytes() if ca is not None else None
             except OSError as exc:
                 raise ConfigError(f"--core-ca-file {ca}: {exc.strerror}") from None
             credentials = grpc.ssl_channel_credentials(root_certificates=roots)
@@ -162,7 +180,7 @@ class CoreClient:
         if code is grpc.StatusCode.UNIMPLEMENTED:
             return _Unimplemented(f"{where}: UNIMPLEMENTED {detail}".rstrip(), call)
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in detail:
-            return ConfigError(
+            return _TooLarge(
                 f"{where}: a reply exceeds the receive limit ({detail}); "
                 "raise --max-message-bytes (CORE_PLAYS_MAX_MESSAGE_BYTES)"
             )
@@ -190,14 +208,19 @@ class CoreClient:
             return (await self.node_info()).head
 
     async def block(self, height: int) -> Block | None:
-        """One block (transactions in the node's sorted order), None if not produced yet."""
+        """One block, None if not produced yet."""
+        raw = await self.block_raw(height)
+        return None if raw is None else parse_block(raw, height, Rpc.GET_BLOCK)
+
+    async def block_raw(self, height: int) -> bytes | None:
+        """One block's bytes, None if not produced yet (a node answers height -1)."""
         reply = await self._unary(
             f"GetBlock({height})", self._get_block, types_pb2.GetBlockRequest(height=height)
         )
         block = parse_block(reply.block, height, Rpc.GET_BLOCK)
         if block.error == "" and block.height == -1:
             return None
-        return block
+        return bytes(reply.block)
 
     async def blocks_raw(self, heights: list[int]) -> tuple[dict[int, bytes], int]:
         """Raw block bytes by height (absent heights are not produced yet) and the head."""
@@ -241,10 +264,10 @@ def _identity(raw: bytes) -> bytes:
 class CoreSource:
     """Streams when it can, polls GetBlocks windows when it must or when far behind.
 
-    Mode `auto` catches up with GetBlocks windows (one call carries up to 500
-    blocks, several in flight) and switches to the canonical stream near the
-    tip; `stream` and `poll` force one path. A node answering UNIMPLEMENTED to
-    StreamBlocks is polled from then on.
+    Which path, which height and which block to keep are the sequencer's rules
+    (consumer.sequencer); this class only carries them out over gRPC. It follows
+    one chain id: the one given (the runner's, from GetNodeInfo), else the first
+    block's.
     """
 
     def __init__(
@@ -254,16 +277,19 @@ class CoreSource:
         metrics: Metrics,
         backoff: Backoff | None = None,
         on_mode: Callable[[str], None] | None = None,
+        chain_id: str = "",
     ) -> None:
         self.client = client
         self.settings = settings
         self.metrics = metrics
         self.backoff = backoff or Backoff(cap_s=settings.retry_cap_s)
         self.streaming_supported = settings.source_mode != "poll"
+        self.chain_id = chain_id
         self._on_mode = on_mode or (lambda mode: None)
         self._head = 0
         # Kept across reconnects: what a block of this chain weighs is still true.
-        self._sizer = _WindowSizer(min(settings.poll_window, MAX_WINDOW))
+        self._sizer = WindowSizer(settings.poll_window)
+        self._troubled_since: float | None = None  # the first error since the last block
 
     async def head(self) -> int:
         head = await self.client.head()
@@ -275,24 +301,32 @@ class CoreSource:
             self._head = max(self._head, head)
             self.metrics.set_head(head)
 
+    def _path(self, next_height: int) -> Path:
+        settings = self.settings
+        return choose_path(
+            settings.source_mode,
+            self.streaming_supported,
+            self._head,
+            next_height,
+            settings.catchup_threshold_blocks,
+        )
+
     async def blocks(self, start: int, end: int | None = None) -> AsyncGenerator[Block, None]:
         if start < 1:
             raise ConfigError(f"start height must be at least 1, got {start}")
-        next_height = start
-        while end is None or next_height <= end:
+        seq = Sequencer(start, end, self.chain_id)
+        while not seq.done:
             try:
                 if self._head == 0:
                     await self.head()
-                if self._use_stream(next_height):
-                    self._on_mode("stream")
-                    path = self._stream(next_height, end)
-                else:
-                    self._on_mode("poll")
-                    path = self._poll(next_height, end)
-                async with contextlib.aclosing(path) as blocks:
+                path = self._path(seq.next_height)
+                self._on_mode(path)
+                reader = self._stream(seq) if path is Path.STREAM else self._poll(seq)
+                async with contextlib.aclosing(reader) as blocks:
                     async for block in blocks:
+                        self.chain_id = seq.chain_id
+                        self._recovered(block.height)
                         yield block
-                        next_height = block.height + 1
                         self.backoff.reset()
             except _Unimplemented as exc:
                 if not exc.call.startswith("StreamBlocks") or not self.streaming_supported:
@@ -300,64 +334,96 @@ class CoreSource:
                 log.warning("node does not serve StreamBlocks (%s); polling GetBlocks instead", exc)
                 self.streaming_supported = False
             except SourceUnavailable as exc:
-                self.metrics.source_errors_total.labels(exc.code).inc()
-                self.metrics.reconnects_total.labels("node").inc()
-                delay = self.backoff.next_delay()
-                log.warning(
-                    "node unavailable, retrying from height %d in %.2f s: %s",
-                    next_height,
-                    delay,
-                    exc,
-                )
-                await self.backoff.sleep(delay)
+                await self._wait_after(exc, seq.next_height)
 
-    def _use_stream(self, next_height: int) -> bool:
-        if not self.streaming_supported:
-            return False
-        if self.settings.source_mode == "stream":
-            return True
-        return self._head - next_height < self.settings.catchup_threshold_blocks
+    async def _wait_after(self, exc: SourceUnavailable, next_height: int) -> None:
+        """Count, say what is being waited for, back off; the caller then reconnects."""
+        self.metrics.source_errors_total.labels(exc.code).inc()
+        self.metrics.reconnects_total.labels("node").inc()
+        if self._troubled_since is None:
+            self._troubled_since = time.monotonic()
+        delay = self.backoff.next_delay()
+        log.warning(
+            "waiting for block %d from the node at %s, retrying in %.2f s: %s",
+            next_height,
+            self.client.url,
+            delay,
+            exc,
+        )
+        await self.backoff.sleep(delay)
 
-    async def _stream(self, start: int, end: int | None) -> AsyncGenerator[Block, None]:
+    def _recovered(self, height: int) -> None:
+        if self._troubled_since is not None:
+            log.info(
+                "the node at %s recovered: blocks flow again from height %d after %.1f s",
+                self.client.url,
+                height,
+                time.monotonic() - self._troubled_since,
+            )
+            self._troubled_since = None
+
+    async def _stream(self, seq: Sequencer) -> AsyncGenerator[Block, None]:
+        start = seq.next_height
         log.info(
             "streaming blocks from height %d from %s (canonical order)", start, self.client.url
         )
-        expected = start
+        url = self.client.url
         fetch = self.metrics.block_fetch_seconds
         waited = time.monotonic()
+        # A repeat is only the block this very stream just sent; an old block at the
+        # start of a new stream is stale, a source error.
+        seq.new_delivery()
         # aclosing: the call ends now, not at garbage collection; a node that caps
         # concurrent streams would otherwise refuse our reconnect.
         async with contextlib.aclosing(self.client.stream_raw(start)) as raws:
-            async for raw in raws:
-                block = parse_block(raw, expected, Rpc.STREAM)
-                if block.height < start:
-                    # Below where this stream began, so not a repeat (an empty or zeroed
-                    # envelope says height 0): an error block, as _poll makes, not a wedge.
-                    block = Block.unreadable(
-                        expected, raw, f"envelope says height {block.height}", Rpc.STREAM
-                    )
-                elif block.height < expected:
-                    log.warning(
-                        "stream repeated block %d (expected %d): ignored", block.height, expected
-                    )
-                    continue
-                if block.height > expected:
-                    raise SourceUnavailable(
-                        f"StreamBlocks on {self.client.url} skipped from {expected} "
-                        f"to {block.height}",
-                        "GAP",
-                    )
-                now = time.monotonic()
-                fetch.observe(now - waited)
-                waited = now
-                self._note_head(expected)
-                yield block
-                expected += 1
-                if end is not None and expected > end:
-                    return
-        raise SourceUnavailable(f"StreamBlocks on {self.client.url} ended", "STREAM_ENDED")
+            receiver = _Receiver(raws)
+            try:
+                while not seq.done:
+                    raw = await self._receive(receiver, seq)
+                    block, chains = _delivered(raw, seq.next_height, Rpc.STREAM)
+                    verdict = seq.judge(block, chains)
+                    if verdict is Verdict.REPEAT:
+                        log.warning("stream repeated block %d: ignored", block.height)
+                        continue
+                    if verdict is not Verdict.YIELD:
+                        raise SourceUnavailable(
+                            f"StreamBlocks on {url} sent block {block.height} when "
+                            f"{seq.next_height} was next",
+                            verdict.value,
+                        )
+                    now = time.monotonic()
+                    fetch.observe(now - waited)
+                    waited = now
+                    self._note_head(block.height)
+                    seq.accept(block)
+                    yield block
+            finally:
+                await receiver.close()
 
-    async def _poll(self, start: int, end: int | None) -> AsyncGenerator[Block, None]:
+    async def _receive(self, receiver: _Receiver, seq: Sequencer) -> bytes:
+        """The next stream message; silence past --stall-timeout-s while the head
+        is ahead is a stall (counted, then the stream is reconnected)."""
+        timeout_s = self.settings.stall_timeout_s
+        while True:
+            raw = await receiver.next(timeout_s)
+            if raw is _ENDED:
+                raise SourceUnavailable(f"StreamBlocks on {self.client.url} ended", "STREAM_ENDED")
+            if raw is not None:
+                return raw
+            try:
+                head = await self.head()
+            except SourceUnavailable:
+                self.metrics.source_stalls_total.inc()  # silent, and not answering either
+                raise
+            if is_stalled(head, seq.next_height):
+                self.metrics.source_stalls_total.inc()
+                raise SourceUnavailable(
+                    f"StreamBlocks on {self.client.url} sent nothing for {timeout_s:g} s "
+                    f"while the node's head is {head}",
+                    "STALLED",
+                )
+
+    async def _poll(self, seq: Sequencer) -> AsyncGenerator[Block, None]:
         """Windows of GetBlocks, several in flight; yields in height order and stops
         at the first height the node does not have yet ("not yet", never skipped).
 
@@ -366,25 +432,26 @@ class CoreSource:
         the wire, and a new one goes out as soon as one is used up. Calls go out
         only from here, between yields, so a consumer that stops reading stops the
         fetching too: in-flight memory is at most `poll_concurrency` windows,
-        each sized by `_WindowSizer` to about `_WINDOW_BYTES`.
+        each sized by the WindowSizer to about its target bytes.
         """
-        log.info("polling GetBlocks from height %d on %s", start, self.client.url)
+        log.info("polling GetBlocks from height %d on %s", seq.next_height, self.client.url)
         settings = self.settings
         sizer = self._sizer
         inflight: deque[_Call] = deque()
-        next_height = start  # the next height to yield
-        next_fetch = start  # the next height to ask for
-        if self._head < next_height:
+        next_fetch = seq.next_height  # the next height to ask for
+        if self._head < next_fetch:
             await self.head()
         try:
-            while end is None or next_height <= end:
-                if (
-                    settings.source_mode == "auto"
-                    and self.streaming_supported
-                    and self._use_stream(next_height)
-                ):
+            while not seq.done:
+                if settings.source_mode == "auto" and self._path(seq.next_height) is Path.STREAM:
                     return  # near the tip: hand over to the canonical stream
-                last = self._poll_limit(end)
+                last = poll_limit(
+                    settings.source_mode,
+                    self.streaming_supported,
+                    self._head,
+                    seq.end,
+                    settings.catchup_threshold_blocks,
+                )
                 while len(inflight) < settings.poll_concurrency and next_fetch <= last:
                     high = min(next_fetch + sizer.size() - 1, last)
                     heights = list(range(next_fetch, high + 1))
@@ -396,7 +463,21 @@ class CoreSource:
                     await self.head()
                     continue
                 call = inflight.popleft()
-                blocks, head = await call.reply
+                try:
+                    blocks, head = await call.reply
+                except _TooLarge:
+                    if not sizer.too_large(call.high - call.low + 1):
+                        raise  # one block over the limit: the operator's to fix
+                    await _cancel(inflight)
+                    next_fetch = call.low
+                    log.info(
+                        "GetBlocks(%d..%d) was over --max-message-bytes: asking for %d "
+                        "heights per call",
+                        call.low,
+                        call.high,
+                        sizer.size(),
+                    )
+                    continue
                 self._note_head(head)
                 sizer.observe(sum(map(len, blocks.values())), len(blocks))
                 self._observe_fetch(time.monotonic() - call.sent, len(blocks))
@@ -410,18 +491,38 @@ class CoreSource:
                         await asyncio.sleep(settings.poll_interval_s)
                         await self.head()
                         break
-                    yield _checked_block(raw, height)
-                    next_height = height + 1
+                    block = await self._polled(raw, seq)
+                    seq.accept(block)
+                    yield block
         finally:
             await _cancel(inflight)
 
-    def _poll_limit(self, end: int | None) -> int:
-        """The last height worth asking for now: the head, the end, and in auto
-        mode the height where the stream takes over."""
-        last = self._head if end is None else min(self._head, end)
-        if self.settings.source_mode == "auto" and self.streaming_supported:
-            last = min(last, self._head - self.settings.catchup_threshold_blocks)
-        return last
+    async def _polled(self, raw: bytes, seq: Sequencer) -> Block:
+        """The block GetBlocks gave for seq.next_height, or GetBlock's when GetBlocks
+        gave another height's there (counted; never quarantined, never skipped)."""
+        height = seq.next_height
+        block, chains = _delivered(raw, height, Rpc.GET_BLOCKS)
+        verdict = seq.judge(block, chains)
+        if verdict is Verdict.YIELD:
+            return block
+        self.metrics.source_errors_total.labels(verdict.value).inc()
+        log.warning(
+            "GetBlocks on %s gave block %d for height %d: asking GetBlock(%d) instead",
+            self.client.url,
+            block.height,
+            height,
+            height,
+        )
+        again = await self.client.block_raw(height)
+        if again is not None:
+            block, chains = _delivered(again, height, Rpc.GET_BLOCK)
+            verdict = seq.judge(block, chains)
+            if verdict is Verdict.YIELD:
+                return block
+        raise SourceUnavailable(
+            f"GetBlock({height}) on {self.client.url} did not give block {height} either",
+            Verdict.WRONG_HEIGHT.value,
+        )
 
     def _observe_fetch(self, seconds: float, blocks: int) -> None:
         if blocks:
@@ -429,6 +530,35 @@ class CoreSource:
             observe = self.metrics.block_fetch_seconds.observe
             for _ in range(blocks):
                 observe(per_block)
+
+
+_ENDED = b"<ended>"  # a sentinel: compared by identity, never a block
+
+
+class _Receiver:
+    """Reads a stream with a patience: a wait that times out leaves the pending
+    read in place (cancelling it would end the gRPC call), so silence can be
+    judged without losing the message that may still come."""
+
+    def __init__(self, raws: AsyncIterator[bytes]) -> None:
+        self._raws = raws
+        self._pending: asyncio.Future[bytes] | None = None
+
+    async def next(self, timeout_s: float) -> bytes | None:
+        """The next message, _ENDED at the end, None after `timeout_s` of silence."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._raws, _ENDED))
+        done, _ = await asyncio.wait((self._pending,), timeout=timeout_s)
+        if not done:
+            return None
+        pending, self._pending = self._pending, None
+        return pending.result()
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
+            self._pending = None
 
 
 @dataclass(slots=True)
@@ -447,40 +577,3 @@ async def _cancel(calls: deque[_Call]) -> None:
         call.reply.cancel()
     await asyncio.gather(*(call.reply for call in calls), return_exceptions=True)
     calls.clear()
-
-
-def _checked_block(raw: bytes, height: int) -> Block:
-    """The block at `height`, or an error block if its envelope names another height."""
-    block = parse_block(raw, height, Rpc.GET_BLOCKS)
-    if block.error == "" and block.height != height:
-        return Block.unreadable(height, raw, f"envelope says height {block.height}", Rpc.GET_BLOCKS)
-    return block
-
-
-class _WindowSizer:
-    """Heights per GetBlocks call, so that one reply carries about `target_bytes`.
-
-    Blocks range from ~150 bytes (empty) to hundreds of KB (thousands of plays):
-    a fixed count of heights is either slow on an empty chain or hundreds of MB
-    in flight on a busy one. The block size estimate rises at once (the next
-    window must not be huge) and falls gradually (one quiet window among busy
-    ones must not bring a 500-block request).
-    """
-
-    def __init__(self, limit: int, target_bytes: int = _WINDOW_BYTES) -> None:
-        self.limit = limit
-        self.target_bytes = target_bytes
-        self._block_bytes = 0.0  # not known until the first reply
-
-    def size(self) -> int:
-        if self._block_bytes <= 0:
-            return min(self.limit, _FIRST_WINDOW)
-        return max(1, min(self.limit, int(self.target_bytes / self._block_bytes)))
-
-    def observe(self, total_bytes: int, blocks: int) -> None:
-        if blocks:
-            per_block = total_bytes / blocks
-            if per_block >= self._block_bytes:
-                self._block_bytes = per_block
-            else:
-                self._block_bytes = (self._block_bytes + per_block) / 2

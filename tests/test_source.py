@@ -21,7 +21,6 @@ from consumer.model import Block
 from consumer.source import (
     CoreClient,
     CoreSource,
-    _WindowSizer,
     parse_block,
     parse_core_url,
 )
@@ -260,42 +259,6 @@ async def test_poll_mode_widens_its_windows_to_poll_window_when_blocks_are_small
     async with devnet, open_source(devnet, metrics, source_mode="poll") as source:
         await collect(source, 1, 3000)
     assert max(len(request) for request in devnet.requests) == 500
-
-
-def test_window_sizer_starts_small_before_it_has_seen_a_block() -> None:
-    assert _WindowSizer(limit=500, target_bytes=1_000_000).size() == 32
-
-
-def test_window_sizer_sizes_windows_to_carry_about_the_target_bytes() -> None:
-    sizer = _WindowSizer(limit=500, target_bytes=1_000_000)
-    sizer.observe(total_bytes=32 * 100_000, blocks=32)
-    assert sizer.size() == 10
-
-
-def test_window_sizer_never_asks_for_more_than_its_limit_or_fewer_than_one() -> None:
-    sizer = _WindowSizer(limit=500, target_bytes=1_000_000)
-    sizer.observe(total_bytes=150 * 32, blocks=32)
-    assert sizer.size() == 500
-    sizer.observe(total_bytes=5_000_000, blocks=1)
-    assert sizer.size() == 1
-
-
-def test_window_sizer_shrinks_at_once_when_blocks_grow() -> None:
-    sizer = _WindowSizer(limit=500, target_bytes=1_000_000)
-    sizer.observe(total_bytes=500 * 1_000, blocks=500)
-    sizer.observe(total_bytes=250_000, blocks=1)
-    assert sizer.size() == 4
-
-
-def test_window_sizer_widens_gradually_when_blocks_shrink() -> None:
-    """One quiet window among busy ones must not bring a 500-block request."""
-    sizer = _WindowSizer(limit=500, target_bytes=1_000_000)
-    sizer.observe(total_bytes=4 * 250_000, blocks=4)
-    sizer.observe(total_bytes=4 * 150, blocks=4)
-    assert sizer.size() == 7  # block estimate halved: 125,075 bytes
-    for _ in range(20):
-        sizer.observe(total_bytes=4 * 150, blocks=4)
-    assert sizer.size() == 500
 
 
 # --- faults -----------------------------------------------------------------------

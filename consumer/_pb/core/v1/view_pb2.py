@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63ore/v1/view.proto\x12\x0c\x63ore.v1.view\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x01\n\tBlockView\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0ctransactions\x18\x06 \x03(\x0b\x32\x1d.core.v1.view.TransactionView\"4\n\x0fTransactionView\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x13\n\x0btransaction\x18\x02 \x01(\x0c\")\n\x18StreamBlocksResponseView\x12\r\n\x05\x62lock\x18\x01 \x01(\x0c\"=\n\x14GetBlockResponseView\x12\r\n\x05\x62lock\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63urrent_height\x18\x02 \x01(\x03\"\x9f\x01\n\x15GetBlocksResponseView\x12?\n\x06\x62locks\x18\x01 \x03(\x0b\x32/.core.v1.view.GetBlocksResponseView.BlocksEntry\x12\x16\n\x0e\x63urrent_height\x18\x02 \x01(\x03\x1a-\n\x0b\x42locksEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63ore/v1/view.proto\x12\x0c\x63ore.v1.view\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x01\n\tBlockView\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0ctransactions\x18\x06 \x03(\x0b\x32\x1d.core.v1.view.TransactionView\"F\n\x0fTransactionView\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x13\n\x0btransaction\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\t\")\n\x18StreamBlocksResponseView\x12\r\n\x05\x62lock\x18\x01 \x01(\x0c\"=\n\x14GetBlockResponseView\x12\r\n\x05\x62lock\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63urrent_height\x18\x02 \x01(\x03\"\x9f\x01\n\x15GetBlocksResponseView\x12?\n\x06\x62locks\x18\x01 \x03(\x0b\x32/.core.v1.view.GetBlocksResponseView.BlocksEntry\x12\x16\n\x0e\x63urrent_height\x18\x02 \x01(\x03\x1a-\n\x0b\x42locksEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOCKVIEW']._serialized_start=70
   _globals['_BLOCKVIEW']._serialized_end=229
   _globals['_TRANSACTIONVIEW']._serialized_start=231
-  _globals['_TRANSACTIONVIEW']._serialized_end=283
-  _globals['_STREAMBLOCKSRESPONSEVIEW']._serialized_start=285
-  _globals['_STREAMBLOCKSRESPONSEVIEW']._serialized_end=326
-  _globals['_GETBLOCKRESPONSEVIEW']._serialized_start=328
-  _globals['_GETBLOCKRESPONSEVIEW']._serialized_end=389
-  _globals['_GETBLOCKSRESPONSEVIEW']._serialized_start=392
-  _globals['_GETBLOCKSRESPONSEVIEW']._serialized_end=551
-  _globals['_GETBLOCKSRESPONSEVIEW_BLOCKSENTRY']._serialized_start=506
-  _globals['_GETBLOCKSRESPONSEVIEW_BLOCKSENTRY']._serialized_end=551
+  _globals['_TRANSACTIONVIEW']._serialized_end=301
+  _globals['_STREAMBLOCKSRESPONSEVIEW']._serialized_start=303
+  _globals['_STREAMBLOCKSRESPONSEVIEW']._serialized_end=344
+  _globals['_GETBLOCKRESPONSEVIEW']._serialized_start=346
+  _globals['_GETBLOCKRESPONSEVIEW']._serialized_end=407
+  _globals['_GETBLOCKSRESPONSEVIEW']._serialized_start=410
+  _globals['_GETBLOCKSRESPONSEVIEW']._serialized_end=569
+  _globals['_GETBLOCKSRESPONSEVIEW_BLOCKSENTRY']._serialized_start=524
+  _globals['_GETBLOCKSRESPONSEVIEW_BLOCKSENTRY']._serialized_end=569
 # @@protoc_insertion_point(module_scope)

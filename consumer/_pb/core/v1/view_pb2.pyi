@@ -62,23 +62,29 @@ Global___BlockView: _TypeAlias = BlockView  # noqa: Y015
 
 @_typing.final
 class TransactionView(_message.Message):
-    """core.v1.Transaction with its SignedTransaction left as raw bytes."""
+    """core.v1.Transaction with its SignedTransaction left as raw bytes. chain_id
+    is read so that a transaction naming another chain than the one followed is
+    refused, never written (it is empty on nodes that do not set it).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HASH_FIELD_NUMBER: _builtins.int
     TRANSACTION_FIELD_NUMBER: _builtins.int
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
     hash: _builtins.str
     transaction: _builtins.bytes
+    chain_id: _builtins.str
     def __init__(
         self,
         *,
         hash: _builtins.str = ...,
         transaction: _builtins.bytes = ...,
+        chain_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_id", b"chain_id", "hash", b"hash", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
