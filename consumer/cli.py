@@ -314,6 +314,18 @@ def _add_devnet_options(
         action="store_true",
         help="answer StreamBlocks with UNIMPLEMENTED, like an older node",
     )
+    parser.add_argument(
+        "--stream-omits-first-tx",
+        action="store_true",
+        help="StreamBlocks sends every block without its first transaction, as a published "
+        "node version does (GetBlock/GetBlocks stay complete)",
+    )
+    parser.add_argument(
+        "--get-blocks-resorts-txs",
+        action="store_true",
+        help="GetBlock/GetBlocks sort each block's transactions by hash, as nodes before "
+        "v1.9.0 did (StreamBlocks keeps chain order)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

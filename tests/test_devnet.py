@@ -155,20 +155,96 @@ async def test_get_blocks_omits_heights_above_the_head(devnet_factory: DevnetFac
     assert (sorted(reply.blocks), reply.current_height) == ([199, 200], 200)
 
 
-async def test_get_block_returns_transactions_sorted_by_hash(devnet: DevnetServer) -> None:
+def chain_order(devnet: DevnetServer, height: int) -> list[str]:
+    return [tx.hash for tx in devnet.chain.txs(height)]
+
+
+async def test_get_block_returns_transactions_in_chain_order_by_default(
+    devnet: DevnetServer,
+) -> None:
     height = unsorted_height(devnet.chain, devnet.head)
     async with core_client(devnet) as client:
         block = await client.block(height)
     assert block is not None
-    assert [tx.hash for tx in block.txs] == sorted(tx.hash for tx in devnet.chain.txs(height))
+    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
 
 
-async def test_get_blocks_returns_transactions_sorted_by_hash(devnet: DevnetServer) -> None:
+async def test_get_blocks_returns_transactions_in_chain_order_by_default(
+    devnet: DevnetServer,
+) -> None:
     height = unsorted_height(devnet.chain, devnet.head)
     async with core_client(devnet) as client:
         blocks, _head = await client.blocks_raw([height])
     block = parse_block(blocks[height], height)
-    assert [tx.hash for tx in block.txs] == sorted(tx.hash for tx in devnet.chain.txs(height))
+    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
+
+
+async def test_get_blocks_resorts_txs_switch_makes_get_block_sort_transactions_by_hash(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(get_blocks_resorts_txs=True))
+    height = unsorted_height(devnet.chain, devnet.head)
+    async with core_client(devnet) as client:
+        block = await client.block(height)
+    assert block is not None
+    assert [tx.hash for tx in block.txs] == sorted(chain_order(devnet, height))
+
+
+async def test_get_blocks_resorts_txs_switch_makes_get_blocks_sort_transactions_by_hash(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(get_blocks_resorts_txs=True))
+    height = unsorted_height(devnet.chain, devnet.head)
+    async with core_client(devnet) as client:
+        blocks, _head = await client.blocks_raw([height])
+    block = parse_block(blocks[height], height)
+    assert [tx.hash for tx in block.txs] == sorted(chain_order(devnet, height))
+
+
+async def test_get_blocks_resorts_txs_switch_leaves_the_stream_in_chain_order(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(get_blocks_resorts_txs=True))
+    height = unsorted_height(devnet.chain, devnet.head)
+    async with core_client(devnet) as client:
+        block = await first_streamed_block(client, height)
+    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
+
+
+async def test_stream_omits_first_tx_switch_streams_every_block_without_its_first_transaction(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(stream_omits_first_tx=True))
+    height = next(h for h in range(1, devnet.head) if len(devnet.chain.txs(h)) >= 2)
+    async with core_client(devnet) as client:
+        block = await first_streamed_block(client, height)
+    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)[1:]
+
+
+async def test_stream_omits_first_tx_switch_streams_one_transaction_blocks_empty(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(stream_omits_first_tx=True))
+    height = next(h for h in range(1, devnet.head) if len(devnet.chain.txs(h)) == 1)
+    async with core_client(devnet) as client:
+        block = await first_streamed_block(client, height)
+    assert (block.height, block.hash, block.txs) == (height, devnet.chain.block_hash(height), ())
+
+
+@pytest.mark.parametrize("call", ["GetBlock", "GetBlocks"])
+async def test_stream_omits_first_tx_switch_leaves_get_block_and_get_blocks_complete(
+    devnet_factory: DevnetFactory, call: str
+) -> None:
+    devnet = await devnet_factory(faults=Faults(stream_omits_first_tx=True))
+    height = next(h for h in range(1, devnet.head) if len(devnet.chain.txs(h)) >= 2)
+    async with core_client(devnet) as client:
+        if call == "GetBlock":
+            block = await client.block(height)
+        else:
+            blocks, _head = await client.blocks_raw([height])
+            block = parse_block(blocks[height], height)
+    assert block is not None
+    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
 
 
 async def test_stream_blocks_canon_keeps_the_on_chain_transaction_order(

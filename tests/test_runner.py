@@ -118,7 +118,9 @@ async def test_polling_fallback_writes_the_same_rows_as_the_stream(
     devnet_factory: DevnetFactory, database: str, template_db: str
 ) -> None:
     streaming = await devnet_factory(height=300)
-    old_node = await devnet_factory(height=300, faults=Faults(stream_unimplemented=True))
+    old_node = await devnet_factory(
+        height=300, faults=Faults(stream_unimplemented=True, get_blocks_resorts_txs=True)
+    )
     await run_consumer(streaming.url, database, from_height=1, to_height=300, source_mode="stream")
     async with await psycopg.AsyncConnection.connect(database) as conn:
         streamed = await plays_rows(conn)

@@ -120,8 +120,8 @@ class DevChain:
         return txs
 
     def block_bytes(self, height: int, canon: bool) -> bytes:
-        """The serialized core.v1.Block; non-canonical order is sorted by hash,
-        as a real node's GetBlock(s) returns it."""
+        """The serialized core.v1.Block, transactions in chain order; canon=False
+        sorts them by hash, as GetBlock(s) did on nodes before v1.9.0."""
         txs = self.txs(height)
         if not canon:
             txs = tuple(sorted(txs, key=lambda t: t.hash))

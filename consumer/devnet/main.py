@@ -38,7 +38,11 @@ def devnet_from_args(
         max_height=max_height,
         host=host,
         port=port,
-        faults=Faults(stream_unimplemented=args.stream_unimplemented),
+        faults=Faults(
+            stream_unimplemented=args.stream_unimplemented,
+            stream_omits_first_tx=args.stream_omits_first_tx,
+            get_blocks_resorts_txs=args.get_blocks_resorts_txs,
+        ),
     )
 
 

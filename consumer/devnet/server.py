@@ -1,11 +1,31 @@
 """core.v1.CoreService over real gRPC, serving a DevChain, with fault switches.
 
 It behaves like a Core node where the consumer can tell the difference:
-height -1 above the head, at most 500 heights per GetBlocks, re-sorted
-transactions outside the canonical stream, UNAVAILABLE until ready, streams
-that end with ABORTED, and older nodes without StreamBlocks. Responses are
-serialized through the wire-compatible view messages, so a block's bytes are
-built once and malformed transactions can be served as they are.
+height -1 above the head, at most 500 heights per GetBlocks, UNAVAILABLE until
+ready, streams that end with ABORTED, and older nodes without StreamBlocks.
+Every call serves a block's transactions in chain order, as nodes >= v1.9.0 do.
+Responses are serialized through the wire-compatible view messages, so a
+block's bytes are built once and malformed transactions can be served as they
+are.
+
+Fault switches (`Faults`, flipped by tests on a running devnet; the first two
+are also `devnet` command-line flags) model what real nodes have done:
+
+- `get_blocks_resorts_txs` (`--get-blocks-resorts-txs`): GetBlock and GetBlocks
+  sort each block's transactions by hash, as nodes before v1.9.0 did, while
+  StreamBlocks keeps chain order.
+- `stream_omits_first_tx` (`--stream-omits-first-tx`): StreamBlocks sends every
+  block without its first transaction (a published node version iterated
+  `rows[1:]`), so one-transaction blocks arrive empty; GetBlock/GetBlocks stay
+  complete.
+- `shifted_get_blocks_replies`, `stale_stream_starts`, `misnumbered_blocks`:
+  a block that is not the one asked for (next height's block under a GetBlocks
+  key, the previous block first on a new stream, an envelope naming the next
+  height). Each is a countdown, so the node heals.
+- `foreign_chain_id`, `foreign_tx_chain_id`: blocks, or their transactions,
+  naming another chain than GetNodeInfo does.
+- `stream_silent_after`: each stream sends that many blocks, then nothing,
+  without ending (a stalled stream).
 """
 
 from __future__ import annotations
@@ -23,12 +43,12 @@ from grpc import aio
 
 from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.devnet.chain import DevChain
+from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 
 __all__ = ["MAX_GETBLOCKS_HEIGHTS", "DevnetServer", "Faults"]
 
 log = logging.getLogger(__name__)
 
-MAX_GETBLOCKS_HEIGHTS = 500
 _SERVICE = "core.v1.CoreService"
 
 
@@ -43,6 +63,14 @@ class Faults:
     delay_s: float = 0.0  # every reply waits this long first
     head_behind: int = 0  # report a head this many blocks lower (a lagging replica)
     stream_concurrency: int = 0  # >0: more concurrent streams get RESOURCE_EXHAUSTED
+    get_blocks_resorts_txs: bool = False  # GetBlock(s) sort txs by hash (nodes < v1.9.0)
+    stream_omits_first_tx: bool = False  # StreamBlocks drops each block's first tx
+    shifted_get_blocks_replies: int = 0  # next N GetBlocks: lowest key carries the next block
+    stale_stream_starts: int = 0  # next N streams first send the block before start_height
+    misnumbered_blocks: int = 0  # next N blocks served name height + 1 in their envelope
+    foreign_chain_id: str = ""  # blocks name this chain id (GetNodeInfo keeps the real one)
+    foreign_tx_chain_id: str = ""  # every transaction names this chain id
+    stream_silent_after: int = 0  # each stream goes silent (without ending) after N blocks
 
 
 class DevnetServer:
@@ -72,7 +100,6 @@ class DevnetServer:
         self._grow_task: asyncio.Task[None] | None = None
         self._new_block = asyncio.Condition()
         self._streams = 0
-        self.produced_at: dict[int, float] = {}  # height -> time.time() it was produced
         self.served: dict[int, float] = {}  # height -> time.time() first sent (record_served)
         self.port = 0
 
@@ -127,7 +154,6 @@ class DevnetServer:
         async with self._new_block:
             for _ in range(blocks):
                 self.head += 1
-                self.produced_at[self.head] = time.time()
             self._new_block.notify_all()
 
     async def _grow(self) -> None:
@@ -175,6 +201,31 @@ class DevnetServer:
     def _reported_head(self) -> int:
         return max(0, self.head - self.faults.head_behind)
 
+    def _block(self, height: int, *, stream: bool, canon: bool = True) -> bytes:
+        """The block's bytes as this node serves them through one kind of call."""
+        faults = self.faults
+        resorted = not canon if stream else faults.get_blocks_resorts_txs
+        data = self.chain.block_bytes(height, canon=not resorted)
+        omit_first = stream and faults.stream_omits_first_tx
+        if not (
+            omit_first
+            or faults.misnumbered_blocks
+            or faults.foreign_chain_id
+            or faults.foreign_tx_chain_id
+        ):
+            return data
+        view = view_pb2.BlockView.FromString(data)
+        if omit_first:
+            del view.transactions[:1]
+        if faults.misnumbered_blocks > 0:
+            faults.misnumbered_blocks -= 1
+            view.height = height + 1
+        if faults.foreign_chain_id:
+            view.chain_id = faults.foreign_chain_id
+        for tx in view.transactions:
+            tx.chain_id = faults.foreign_tx_chain_id
+        return view.SerializeToString()
+
     def _mark_served(self, height: int) -> None:
         if self.record_served and height not in self.served:
             self.served[height] = time.time()
@@ -214,7 +265,7 @@ class DevnetServer:
             return view_pb2.GetBlockResponseView(block=missing)
         self._mark_served(height)
         return view_pb2.GetBlockResponseView(
-            block=self.chain.block_bytes(height, canon=False), current_height=head
+            block=self._block(height, stream=False), current_height=head
         )
 
     async def _get_blocks(
@@ -231,7 +282,11 @@ class DevnetServer:
         for height in request.height:
             if 1 <= height <= head:
                 self._mark_served(height)
-                blocks[height] = self.chain.block_bytes(height, canon=False)
+                blocks[height] = self._block(height, stream=False)
+        if self.faults.shifted_get_blocks_replies > 0 and blocks and min(blocks) < head:
+            self.faults.shifted_get_blocks_replies -= 1
+            low = min(blocks)
+            blocks[low] = self._block(low + 1, stream=False)
         return view_pb2.GetBlocksResponseView(blocks=blocks, current_height=head)
 
     async def _stream_blocks(
@@ -247,6 +302,11 @@ class DevnetServer:
         try:
             # start_height 0 means "only new blocks" on a real node.
             height = request.start_height if request.start_height > 0 else self.head + 1
+            if self.faults.stale_stream_starts > 0 and 1 < height <= self.head + 1:
+                self.faults.stale_stream_starts -= 1
+                yield view_pb2.StreamBlocksResponseView(
+                    block=self._block(height - 1, stream=True, canon=request.canon)
+                )
             sent = 0
             while True:
                 async with self._new_block:
@@ -256,15 +316,15 @@ class DevnetServer:
                     every = self.faults.abort_stream_every
                     if every and sent >= every:
                         await context.abort(grpc.StatusCode.ABORTED, "stream send failed")
+                    silent = self.faults.stream_silent_after
+                    if silent and sent >= silent:
+                        await asyncio.Event().wait()  # until the client gives up on us
                     self._mark_served(height)
-                    yield view_pb2.StreamBlocksResponseView(
-                        block=self.chain.block_bytes(height, canon=request.canon)
-                    )
+                    block = self._block(height, stream=True, canon=request.canon)
+                    yield view_pb2.StreamBlocksResponseView(block=block)
                     repeat = self.faults.repeat_every
                     if repeat and height % repeat == 0:
-                        yield view_pb2.StreamBlocksResponseView(
-                            block=self.chain.block_bytes(height, canon=request.canon)
-                        )
+                        yield view_pb2.StreamBlocksResponseView(block=block)
                     height += 1
                     sent += 1
         finally:
