@@ -344,9 +344,10 @@ class CoreSource:
             self._troubled_since = time.monotonic()
         delay = self.backoff.next_delay()
         log.warning(
-            "waiting for block %d from the node at %s, retrying in %.2f s: %s",
+            "waiting for block %d from the node at %s (%s), retrying in %.2f s: %s",
             next_height,
             self.client.url,
+            exc.code,
             delay,
             exc,
         )

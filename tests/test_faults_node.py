@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any
 
 import psycopg
+import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.devnet import DevnetServer, Faults
+from consumer.devnet import ChainSpec, DevnetServer, Faults, Profile
+from consumer.errors import ChainMismatch
 from consumer.metrics import Metrics
 from consumer.runner import Runner
-from tests.conftest import DevnetFactory, eventually, make_settings
+from tests.conftest import DevnetFactory, eventually, make_settings, run_consumer
 from tests.reference import expected_rows, plays_rows
 
 
@@ -142,3 +145,159 @@ async def test_a_node_that_is_not_ready_at_start_is_waited_for(
     consumer = Consumer(devnet.url, database, from_height=1, to_height=20)
     await consumer.task
     await assert_rows_exact(database, devnet, 20)
+
+
+# --- blocks that are not the ones asked for (issue 14.2) -----------------------------
+
+
+async def test_a_get_blocks_reply_carrying_the_next_block_under_a_key_is_read_again_not_quarantined(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(height=100, faults=Faults(shifted_get_blocks_replies=1))
+    runner = await run_consumer(
+        devnet.url, database, from_height=1, to_height=100, source_mode="poll"
+    )
+    assert sample(runner.metrics, "source_errors_total", code="WRONG_HEIGHT") == 1
+    assert sample(runner.metrics, "quarantined_total", kind="block") == 0
+    await assert_rows_exact(database, devnet, 100)
+
+
+async def test_a_stale_block_first_on_a_reconnected_stream_is_retried_and_the_real_block_kept(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    # Streams of 20 blocks; the next three new streams begin with the block before.
+    faults = Faults(abort_stream_every=20, stale_stream_starts=3)
+    devnet = await devnet_factory(height=100, faults=faults)
+    runner = await run_consumer(
+        devnet.url, database, from_height=1, to_height=100, source_mode="stream"
+    )
+    assert sample(runner.metrics, "source_errors_total", code="STALE_BLOCK") == 3
+    assert sample(runner.metrics, "quarantined_total", kind="block") == 0
+    await assert_rows_exact(database, devnet, 100)
+
+
+@pytest.mark.parametrize("mode", ["poll", "stream"])
+async def test_a_block_whose_envelope_names_another_height_is_asked_again_not_quarantined(
+    devnet_factory: DevnetFactory, database: str, mode: str
+) -> None:
+    devnet = await devnet_factory(height=100, faults=Faults(misnumbered_blocks=1))
+    runner = await run_consumer(
+        devnet.url, database, from_height=1, to_height=100, source_mode=mode
+    )
+    counts = [
+        sample(runner.metrics, "source_errors_total", code=c) for c in ("WRONG_HEIGHT", "GAP")
+    ]
+    errors = sum(n for n in counts if not math.isnan(n))
+    assert errors >= 1
+    assert sample(runner.metrics, "quarantined_total", kind="block") == 0
+    await assert_rows_exact(database, devnet, 100)
+
+
+# --- another chain (issue 14.3) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(foreign_chain_id="devnet-2"), Faults(foreign_tx_chain_id="devnet-2")],
+    ids=["block-chain-id", "transaction-chain-id"],
+)
+@pytest.mark.parametrize("mode", ["poll", "stream"])
+async def test_blocks_of_another_chain_stop_the_service_and_nothing_of_them_is_written(
+    devnet_factory: DevnetFactory, database: str, faults: Faults, mode: str
+) -> None:
+    devnet = await devnet_factory(height=50)
+    consumer = Consumer(devnet.url, database, from_height=1, source_mode=mode)
+    await consumer.reach(50)
+    devnet.faults = faults
+    await devnet.advance(20)
+    with pytest.raises(ChainMismatch, match=r"devnet-2.*devnet-1") as stopped:
+        await consumer.task
+    assert stopped.value.exit_code == 2
+    assert consumer.value("processed_height") == 50
+    await assert_rows_exact(database, devnet, 50)
+
+
+# --- silence (issues 14.5 and 12.8) ------------------------------------------------------
+
+
+async def test_a_stream_that_goes_silent_while_the_head_is_ahead_is_reconnected_and_counted(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(height=60, faults=Faults(stream_silent_after=20))
+    runner = await run_consumer(
+        devnet.url,
+        database,
+        from_height=1,
+        to_height=60,
+        source_mode="stream",
+        stall_timeout_s=0.3,
+    )
+    # Silent after blocks 20 and 40: two stalls; after 60 the run is complete.
+    assert sample(runner.metrics, "source_stalls_total") == 2
+    assert sample(runner.metrics, "source_errors_total", code="STALLED") == 2
+    await assert_rows_exact(database, devnet, 60)
+
+
+async def test_a_stall_is_logged_as_a_warning_naming_the_awaited_block_and_recovery_as_info(
+    devnet_factory: DevnetFactory, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    devnet = await devnet_factory(height=30, faults=Faults(stream_silent_after=20))
+    with caplog.at_level(logging.INFO, logger="consumer.source"):
+        await run_consumer(
+            devnet.url,
+            database,
+            from_height=1,
+            to_height=30,
+            source_mode="stream",
+            stall_timeout_s=0.3,
+        )
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "STALLED" in r.message
+    ]
+    recovered = [
+        r for r in caplog.records if r.levelno == logging.INFO and "recovered" in r.message
+    ]
+    assert ["block 21" in r.message for r in warnings] == [True]
+    assert ["height 21" in r.message for r in recovered] == [True]
+
+
+async def test_a_node_that_answers_nothing_while_streaming_is_a_stall_and_is_followed_again(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(height=40)
+    consumer = Consumer(
+        devnet.url,
+        database,
+        from_height=1,
+        source_mode="stream",
+        stall_timeout_s=0.3,
+        rpc_timeout_s=0.2,
+    )
+    await consumer.reach(40)
+    devnet.faults.delay_s = 30.0  # every call, the stream too, waits past any deadline
+    await devnet.advance(10)
+    await eventually(lambda: consumer.value("source_stalls_total") >= 1)
+    devnet.faults.delay_s = 0.0
+    await consumer.reach(50)
+    await consumer.finish()
+    await assert_rows_exact(database, devnet, 50)
+
+
+# --- replies too large together (issue 14.7) ---------------------------------------------
+
+
+async def test_blocks_that_fit_the_message_limit_alone_but_not_together_are_read_in_smaller_windows(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(ChainSpec(profile=Profile.BUSY), height=10)
+    block_bytes = len(devnet.chain.block_bytes(1, canon=True))
+    runner = await run_consumer(
+        devnet.url,
+        database,
+        from_height=1,
+        to_height=10,
+        source_mode="poll",
+        max_message_bytes=block_bytes * 5 // 2,
+    )
+    assert sample(runner.metrics, "processed_height") == 10
+    await assert_rows_exact(database, devnet, 10)

@@ -17,7 +17,7 @@ from consumer.config import SourceSettings
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults, Profile
 from consumer.errors import ConfigError, SourceFailed
 from consumer.metrics import Metrics
-from consumer.model import Block
+from consumer.model import Block, Rpc
 from consumer.source import (
     CoreClient,
     CoreSource,
@@ -339,14 +339,39 @@ async def test_a_node_without_get_blocks_fails_the_source_instead_of_retrying(
             await collect(source, 1, 50)
 
 
-@pytest.mark.parametrize("mode", ["stream", "poll"])
-async def test_a_reply_larger_than_max_message_bytes_raises_config_error_naming_the_flag(
+async def test_a_get_blocks_reply_with_another_heights_block_is_read_again_through_get_block(
+    devnet_factory: DevnetFactory, metrics: Metrics
+) -> None:
+    devnet = await devnet_factory(height=50, faults=Faults(shifted_get_blocks_replies=1))
+    async with open_source(devnet, metrics, source_mode="poll") as source:
+        blocks = await collect(source, 1, 50)
+    assert [(b.height, b.hash) for b in blocks] == [
+        (h, devnet.chain.block_hash(h)) for h in range(1, 51)
+    ]
+    assert [(b.height, b.via) for b in blocks if b.via is not Rpc.GET_BLOCKS] == [
+        (1, Rpc.GET_BLOCK)
+    ]
+
+
+@pytest.mark.parametrize("mode", ["poll", "stream"])
+async def test_a_single_block_over_max_message_bytes_is_still_a_config_error(
     devnet_factory: DevnetFactory, metrics: Metrics, mode: str
 ) -> None:
     devnet = await devnet_factory(ChainSpec(profile=Profile.BUSY), height=20)
-    async with open_source(devnet, metrics, source_mode=mode, max_message_bytes=10_000) as source:
+    limit = len(devnet.chain.block_bytes(1, canon=True)) // 2
+    async with open_source(devnet, metrics, source_mode=mode, max_message_bytes=limit) as source:
         with pytest.raises(ConfigError, match="--max-message-bytes"):
             await collect(source, 1, 5)
+
+
+async def test_blocks_too_large_together_for_one_reply_are_polled_in_smaller_windows(
+    devnet_factory: DevnetFactory, metrics: Metrics
+) -> None:
+    devnet = await devnet_factory(ChainSpec(profile=Profile.BUSY), height=20)
+    limit = len(devnet.chain.block_bytes(1, canon=True)) * 5 // 2
+    async with open_source(devnet, metrics, source_mode="poll", max_message_bytes=limit) as source:
+        blocks = await collect(source, 1, 20)
+    assert heights(blocks) == list(range(1, 21))
 
 
 # --- following the tip ------------------------------------------------------------
