@@ -18,7 +18,8 @@ import pytest
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from consumer._pb.core.v1 import service_pb2_grpc, types_pb2
+from consumer._pb.core.v1 import service_pb2_grpc, types_pb2, view_pb2
+from consumer.cli import build_parser
 from consumer.config import SourceSettings
 from consumer.devnet import (
     MAX_GETBLOCKS_HEIGHTS,
@@ -29,6 +30,7 @@ from consumer.devnet import (
     Profile,
     TxKind,
 )
+from consumer.devnet.main import devnet_from_args
 from consumer.model import Block
 from consumer.source import CoreClient, parse_block
 from tests.conftest import DevnetFactory, eventually
@@ -528,3 +530,90 @@ async def test_a_tx_hash_is_the_upper_hex_sha256_of_its_bytes(devnet: DevnetServ
     ]
     assert txs
     assert all(tx.hash == hashlib.sha256(tx.data).hexdigest().upper() for tx in txs)
+
+
+# --- fault switches for blocks that are not the ones asked for --------------------
+
+
+async def test_shifted_get_blocks_reply_carries_the_next_block_under_the_lowest_key_once(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(shifted_get_blocks_replies=1))
+    async with core_client(devnet) as client:
+        first, _ = await client.blocks_raw([10, 11])
+        second, _ = await client.blocks_raw([10, 11])
+    assert [parse_block(first[h], h).height for h in (10, 11)] == [11, 11]
+    assert [parse_block(second[h], h).height for h in (10, 11)] == [10, 11]
+
+
+async def test_stale_stream_start_sends_the_block_before_the_start_height_first(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(EMPTY, faults=Faults(stale_stream_starts=1))
+    async with core_stub(devnet) as stub:
+        call = stub.StreamBlocks(types_pb2.StreamBlocksRequest(canon=True, start_height=150))
+        assert await read_heights(call, 3) == [149, 150, 151]
+        call.cancel()
+        again = stub.StreamBlocks(types_pb2.StreamBlocksRequest(canon=True, start_height=150))
+        assert await read_heights(again, 2) == [150, 151]
+        again.cancel()
+
+
+async def test_misnumbered_blocks_name_the_next_height_in_their_envelope(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(misnumbered_blocks=1))
+    async with core_client(devnet) as client:
+        first = await client.block(10)
+        second = await client.block(10)
+    assert first is not None and second is not None
+    assert (first.height, first.hash, second.height) == (11, devnet.chain.block_hash(10), 10)
+
+
+async def test_foreign_chain_id_names_another_chain_in_blocks_but_not_in_node_info(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(foreign_chain_id="devnet-2"))
+    async with core_client(devnet) as client:
+        block = await client.block(10)
+        info = await client.node_info()
+    assert block is not None
+    assert (block.chain_id, info.chain_id) == ("devnet-2", "devnet-1")
+
+
+async def test_foreign_tx_chain_id_names_another_chain_in_every_transaction(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(faults=Faults(foreign_tx_chain_id="devnet-2"))
+    height = next(h for h in range(1, devnet.head) if devnet.chain.txs(h))
+    async with core_client(devnet) as client:
+        blocks, _ = await client.blocks_raw([height])
+    view = view_pb2.BlockView.FromString(blocks[height])
+    assert {tx.chain_id for tx in view.transactions} == {"devnet-2"}
+
+
+async def test_stream_silent_after_sends_that_many_blocks_then_nothing_without_ending(
+    devnet_factory: DevnetFactory,
+) -> None:
+    devnet = await devnet_factory(EMPTY, faults=Faults(stream_silent_after=2))
+    async with core_stub(devnet) as stub:
+        call = stub.StreamBlocks(types_pb2.StreamBlocksRequest(canon=True, start_height=150))
+        assert await read_heights(call, 2) == [150, 151]
+        third = asyncio.ensure_future(call.read())
+        done, _ = await asyncio.wait((third,), timeout=0.2)
+        assert (done, call.done()) == (set(), False)
+        call.cancel()
+        await asyncio.gather(third, return_exceptions=True)
+
+
+def test_devnet_command_line_switches_set_the_matching_faults() -> None:
+    args = build_parser().parse_args(
+        ["devnet", "--stream-omits-first-tx", "--get-blocks-resorts-txs"]
+    )
+    faults = devnet_from_args(args).faults
+    assert (faults.stream_omits_first_tx, faults.get_blocks_resorts_txs) == (True, True)
+
+
+def test_devnet_command_line_serves_chain_order_everywhere_by_default() -> None:
+    faults = devnet_from_args(build_parser().parse_args(["devnet"])).faults
+    assert (faults.stream_omits_first_tx, faults.get_blocks_resorts_txs) == (False, False)
