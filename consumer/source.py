@@ -444,8 +444,8 @@ class CoreSource:
             await self.head()
         try:
             while not seq.done:
-                if settings.source_mode == "auto" and self._path(seq.next_height) is Path.STREAM:
-                    return  # near the tip: hand over to the canonical stream
+                if self._path(seq.next_height) is Path.STREAM:
+                    return  # near the tip in auto mode: hand over to the canonical stream
                 last = poll_limit(
                     settings.source_mode,
                     self.streaming_supported,
