@@ -18,7 +18,7 @@ import logging
 import pathlib
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -374,13 +374,22 @@ class CoreSource:
         # A repeat is only the block this very stream just sent; an old block at the
         # start of a new stream is stale, a source error.
         seq.new_delivery()
-        # aclosing: the call ends now, not at garbage collection; a node that caps
-        # concurrent streams would otherwise refuse our reconnect.
-        async with contextlib.aclosing(self.client.stream_raw(start)) as raws:
-            receiver = _Receiver(raws)
-            try:
+        loop = asyncio.get_running_loop()
+        patience_s = self.settings.stall_timeout_s
+        try:
+            # aclosing: the call ends now, not at garbage collection; a node that caps
+            # concurrent streams would otherwise refuse our reconnect. The deadline is
+            # armed only while waiting for the node, never while a block is downstream.
+            async with (
+                contextlib.aclosing(self.client.stream_raw(start)) as raws,
+                asyncio.timeout(None) as deadline,
+            ):
                 while not seq.done:
-                    raw = await self._receive(receiver, seq)
+                    deadline.reschedule(loop.time() + patience_s)
+                    raw = await anext(raws, None)
+                    deadline.reschedule(None)
+                    if raw is None:
+                        raise SourceUnavailable(f"StreamBlocks on {url} ended", "STREAM_ENDED")
                     block, chains = _delivered(raw, seq.next_height, Rpc.STREAM)
                     verdict = seq.judge(block, chains)
                     if verdict is Verdict.REPEAT:
@@ -398,31 +407,28 @@ class CoreSource:
                     self._note_head(block.height)
                     seq.accept(block)
                     yield block
-            finally:
-                await receiver.close()
+        except TimeoutError:
+            # The wait cancelled the read, which ends the call: either way the
+            # stream is opened again, and only silence while the head is ahead
+            # (or a node that answers nothing) is a stall.
+            await self._judge_silence(seq, patience_s)
 
-    async def _receive(self, receiver: _Receiver, seq: Sequencer) -> bytes:
-        """The next stream message; silence past --stall-timeout-s while the head
-        is ahead is a stall (counted, then the stream is reconnected)."""
-        timeout_s = self.settings.stall_timeout_s
-        while True:
-            raw = await receiver.next(timeout_s)
-            if raw is _ENDED:
-                raise SourceUnavailable(f"StreamBlocks on {self.client.url} ended", "STREAM_ENDED")
-            if raw is not None:
-                return raw
-            try:
-                head = await self.head()
-            except SourceUnavailable:
-                self.metrics.source_stalls_total.inc()  # silent, and not answering either
-                raise
-            if is_stalled(head, seq.next_height):
-                self.metrics.source_stalls_total.inc()
-                raise SourceUnavailable(
-                    f"StreamBlocks on {self.client.url} sent nothing for {timeout_s:g} s "
-                    f"while the node's head is {head}",
-                    "STALLED",
-                )
+    async def _judge_silence(self, seq: Sequencer, patience_s: float) -> None:
+        """Raise STALLED when the node has the awaited block (or does not answer);
+        at the tip of a quiet chain, silence is only a chain with nothing new."""
+        try:
+            head = await self.head()
+        except SourceUnavailable:
+            self.metrics.source_stalls_total.inc()  # silent, and not answering either
+            raise
+        if is_stalled(head, seq.next_height):
+            self.metrics.source_stalls_total.inc()
+            raise SourceUnavailable(
+                f"StreamBlocks on {self.client.url} sent nothing for {patience_s:g} s "
+                f"while the node's head is {head}",
+                "STALLED",
+            )
+        log.debug("no block for %g s at the tip (head %d); reopening the stream", patience_s, head)
 
     async def _poll(self, seq: Sequencer) -> AsyncGenerator[Block, None]:
         """Windows of GetBlocks, several in flight; yields in height order and stops
@@ -531,35 +537,6 @@ class CoreSource:
             observe = self.metrics.block_fetch_seconds.observe
             for _ in range(blocks):
                 observe(per_block)
-
-
-_ENDED = b"<ended>"  # a sentinel: compared by identity, never a block
-
-
-class _Receiver:
-    """Reads a stream with a patience: a wait that times out leaves the pending
-    read in place (cancelling it would end the gRPC call), so silence can be
-    judged without losing the message that may still come."""
-
-    def __init__(self, raws: AsyncIterator[bytes]) -> None:
-        self._raws = raws
-        self._pending: asyncio.Future[bytes] | None = None
-
-    async def next(self, timeout_s: float) -> bytes | None:
-        """The next message, _ENDED at the end, None after `timeout_s` of silence."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(anext(self._raws, _ENDED))
-        done, _ = await asyncio.wait((self._pending,), timeout=timeout_s)
-        if not done:
-            return None
-        pending, self._pending = self._pending, None
-        return pending.result()
-
-    async def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            await asyncio.gather(self._pending, return_exceptions=True)
-            self._pending = None
 
 
 @dataclass(slots=True)

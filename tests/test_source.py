@@ -440,6 +440,47 @@ async def test_poll_mode_waits_for_a_height_the_node_reported_but_does_not_serve
     assert received == list(range(195, 211))
 
 
+class StreamCounter(DevnetServer):
+    """A devnet that counts the StreamBlocks calls opened on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams_opened = 0
+
+    async def _stream_blocks(
+        self, request: types_pb2.StreamBlocksRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[view_pb2.StreamBlocksResponseView]:
+        self.streams_opened += 1
+        async for reply in super()._stream_blocks(request, context):
+            yield reply
+
+
+async def test_silence_at_the_tip_of_a_quiet_chain_reopens_the_stream_without_a_stall(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    received: list[int] = []
+
+    async def follow(source: CoreSource) -> None:
+        async for block in source.blocks(199, None):
+            received.append(block.height)
+
+    devnet = StreamCounter(DevChain(ChainSpec()), height=200)
+    async with (
+        devnet,
+        open_source(devnet, metrics, source_mode="stream", stall_timeout_s=0.05) as source,
+    ):
+        follower = asyncio.create_task(follow(source))
+        try:
+            await eventually(lambda: devnet.streams_opened >= 3)
+            await devnet.advance()
+            await eventually(lambda: received == [199, 200, 201])
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+    assert sample(registry, "core_plays_source_stalls_total") == 0
+    assert sample(registry, "core_plays_source_errors_total", code="STALLED") is None
+
+
 # --- head -------------------------------------------------------------------------
 
 
