@@ -151,8 +151,8 @@ class Metrics:
         # Appended (issue 14.5): silence from the node while its head is ahead.
         self.source_stalls_total = counter(
             "source_stalls_total",
-            "Times the node sent no block for --stall-timeout-s while its head was ahead "
-            "(each is followed by a reconnect).",
+            "Stalls of the node: no stream block for --stall-timeout-s while its head was "
+            "ahead, or a call past its deadline (each is followed by a reconnect).",
         )
 
     def _lag_blocks(self) -> float:

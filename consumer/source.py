@@ -337,8 +337,13 @@ class CoreSource:
                 await self._wait_after(exc, seq.next_height)
 
     async def _wait_after(self, exc: SourceUnavailable, next_height: int) -> None:
-        """Count, say what is being waited for, back off; the caller then reconnects."""
+        """Count, say what is being waited for, back off; the caller then reconnects.
+
+        A call past its deadline is a node that answers nothing: a stall, like a
+        stream that goes silent while the head is ahead."""
         self.metrics.source_errors_total.labels(exc.code).inc()
+        if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED.name:
+            self.metrics.source_stalls_total.inc()
         self.metrics.reconnects_total.labels("node").inc()
         if self._troubled_since is None:
             self._troubled_since = time.monotonic()
@@ -416,11 +421,7 @@ class CoreSource:
     async def _judge_silence(self, seq: Sequencer, patience_s: float) -> None:
         """Raise STALLED when the node has the awaited block (or does not answer);
         at the tip of a quiet chain, silence is only a chain with nothing new."""
-        try:
-            head = await self.head()
-        except SourceUnavailable:
-            self.metrics.source_stalls_total.inc()  # silent, and not answering either
-            raise
+        head = await self.head()  # a node that answers nothing: a stall (see _wait_after)
         if is_stalled(head, seq.next_height):
             self.metrics.source_stalls_total.inc()
             raise SourceUnavailable(

@@ -261,15 +261,16 @@ async def test_a_stall_is_logged_as_a_warning_naming_the_awaited_block_and_recov
     assert ["height 21" in r.message for r in recovered] == [True]
 
 
-async def test_a_node_that_answers_nothing_while_streaming_is_a_stall_and_is_followed_again(
-    devnet_factory: DevnetFactory, database: str
+@pytest.mark.parametrize("mode", ["stream", "poll"])
+async def test_a_node_that_answers_nothing_is_a_stall_and_is_followed_again(
+    devnet_factory: DevnetFactory, database: str, mode: str
 ) -> None:
     devnet = await devnet_factory(height=40)
     consumer = Consumer(
         devnet.url,
         database,
         from_height=1,
-        source_mode="stream",
+        source_mode=mode,
         stall_timeout_s=0.3,
         rpc_timeout_s=0.2,
     )
