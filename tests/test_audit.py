@@ -7,9 +7,8 @@ from collections import Counter
 import psycopg
 from prometheus_client import CollectorRegistry
 
-from consumer._pb.core.v1 import view_pb2
 from consumer.audit import Auditor
-from consumer.devnet import ChainSpec, DevChain
+from consumer.devnet import DevChain, Faults
 from consumer.metrics import Metrics
 from consumer.model import DecodedBlock, Rpc
 from consumer.source import CoreClient
@@ -17,18 +16,6 @@ from tests.conftest import DevnetFactory, make_settings, run_consumer
 from tests.reference import expected_rows, plays_rows
 
 LAST = 120
-
-
-class StreamDropsFirstTx(DevChain):
-    """A node whose StreamBlocks sends every block without its first transaction
-    (one-transaction blocks arrive empty) while GetBlocks serves them whole."""
-
-    def block_bytes(self, height: int, canon: bool) -> bytes:
-        if not canon:
-            return super().block_bytes(height, canon)
-        block = view_pb2.BlockView.FromString(super().block_bytes(height, canon))
-        del block.transactions[:1]
-        return block.SerializeToString()
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -78,9 +65,9 @@ async def test_a_ledger_from_before_the_audit_is_not_audited_again() -> None:
 async def test_following_a_stream_that_drops_transactions_ends_with_every_play(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
-    chain = StreamDropsFirstTx(ChainSpec())
-    devnet = await devnet_factory(height=LAST)
-    devnet.chain = chain
+    # StreamBlocks drops each block's first transaction; GetBlocks serves them whole.
+    devnet = await devnet_factory(height=LAST, faults=Faults(stream_omits_first_tx=True))
+    chain = devnet.chain
     metrics = Metrics(CollectorRegistry())
     await run_consumer(
         devnet.url, database, metrics, from_height=1, to_height=LAST, source_mode="stream"
@@ -110,9 +97,9 @@ async def test_a_bounded_run_ends_with_its_whole_range_audited(
 async def test_without_the_audit_a_dropped_transaction_stays_unwritten(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
-    chain = StreamDropsFirstTx(ChainSpec())
-    devnet = await devnet_factory(height=LAST)
-    devnet.chain = chain
+    # StreamBlocks drops each block's first transaction; GetBlocks serves them whole.
+    devnet = await devnet_factory(height=LAST, faults=Faults(stream_omits_first_tx=True))
+    chain = devnet.chain
     await run_consumer(
         devnet.url, database, from_height=1, to_height=LAST, source_mode="stream", no_audit=True
     )
@@ -123,9 +110,9 @@ async def test_without_the_audit_a_dropped_transaction_stays_unwritten(
 async def test_a_restart_re_reads_what_was_written_but_not_yet_audited(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
-    chain = StreamDropsFirstTx(ChainSpec())
-    devnet = await devnet_factory(height=LAST)
-    devnet.chain = chain
+    # StreamBlocks drops each block's first transaction; GetBlocks serves them whole.
+    devnet = await devnet_factory(height=LAST, faults=Faults(stream_omits_first_tx=True))
+    chain = devnet.chain
     await run_consumer(
         devnet.url, database, from_height=1, to_height=LAST, source_mode="stream", no_audit=True
     )
