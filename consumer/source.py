@@ -290,6 +290,7 @@ class CoreSource:
         # Kept across reconnects: what a block of this chain weighs is still true.
         self._sizer = WindowSizer(settings.poll_window)
         self._troubled_since: float | None = None  # the first error since the last block
+        self._reopening = False  # the next stream follows silence at a quiet tip
 
     async def head(self) -> int:
         head = await self.client.head()
@@ -370,8 +371,14 @@ class CoreSource:
 
     async def _stream(self, seq: Sequencer) -> AsyncGenerator[Block, None]:
         start = seq.next_height
-        log.info(
-            "streaming blocks from height %d from %s (canonical order)", start, self.client.url
+        # Reopened after silence at a quiet tip: routine, not worth an INFO line each time.
+        level = logging.DEBUG if self._reopening else logging.INFO
+        self._reopening = False
+        log.log(
+            level,
+            "streaming blocks from height %d from %s (canonical order)",
+            start,
+            self.client.url,
         )
         url = self.client.url
         fetch = self.metrics.block_fetch_seconds
@@ -430,6 +437,7 @@ class CoreSource:
                 "STALLED",
             )
         log.debug("no block for %g s at the tip (head %d); reopening the stream", patience_s, head)
+        self._reopening = True
 
     async def _poll(self, seq: Sequencer) -> AsyncGenerator[Block, None]:
         """Windows of GetBlocks, several in flight; yields in height order and stops
