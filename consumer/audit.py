@@ -79,6 +79,7 @@ class Auditor:
             client,
             replace(source_settings, source_mode=SourceMode.POLL),
             Metrics(CollectorRegistry()),
+            chain_id=chain_id,  # a re-read of another chain is refused, as the stream's is
         )
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
         self._committed = 0

@@ -262,7 +262,10 @@ async def verify_range(
     pruned_before = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=pruned_before_days)
     # GetBlocks windows whatever the service follows with: the other path.
     source = CoreSource(
-        client, replace(settings, source_mode=SourceMode.POLL), Metrics(CollectorRegistry())
+        client,
+        replace(settings, source_mode=SourceMode.POLL),
+        Metrics(CollectorRegistry()),
+        chain_id=chain_id,
     )
     repairer = PlaysSink(conn, chain_id, "verify", from_height, checkpoint=False)
     started = time.monotonic()
