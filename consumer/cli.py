@@ -21,11 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from consumer import __version__
 from consumer.config import Settings, add_options
+from consumer.database import connect
 from consumer.errors import ConfigError, ConsumerError
 from consumer.http import HttpServer
 from consumer.logs import setup_logging
 from consumer.metrics import Metrics
-from consumer.runner import Runner, connect_database
+from consumer.runner import Runner
 
 if TYPE_CHECKING:
     from consumer.backfill import GapReport
@@ -68,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    quarantine = sub.add_parser(
+        "quarantine",
+        help="list quarantined transactions, show one, or retry the set-aside ones "
+        "(exit 1 while any stay unwritten)",
+    )
+    quarantine.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+    quarantine.add_argument("--chain-id", help="default: every chain")
+    quarantine.add_argument("--height", type=int, help="with show: the block height")
+    quarantine.add_argument("--tx-index", type=int, help="with show: the transaction's index")
+    add_options(
+        quarantine,
+        ("database-url", "database-password-file", "connect-timeout-s", "stream", *_LOGGING),
+    )
 
     devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
     _add_devnet_options(devnet)
@@ -264,6 +279,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from consumer.verify_command import verify_command
 
         return verify_command(args, settings)
+    if command == "quarantine":
+        from consumer.admin import quarantine_command
+
+        return asyncio.run(
+            quarantine_command(settings, args.action, args.chain_id, args.height, args.tx_index)
+        )
     if command == "status":
         from consumer.admin import status_command
 
@@ -291,7 +312,7 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings | None) -> int:
         sink = settings.sink
 
         async def resume() -> int:
-            conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+            conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
             async with conn:
                 return await resume_height(conn, part)
 
@@ -304,7 +325,7 @@ async def _gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
     from consumer.backfill import find_gaps
 
     sink = settings.sink
-    conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
     async with conn:
         return await find_gaps(
             conn, args.chain_id, args.gaps_from, args.gaps_to, sink.stream, args.ledger_quiet_blocks

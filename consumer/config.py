@@ -86,6 +86,7 @@ class SinkSettings:
     connect_timeout_s: float = 30.0
     lease_retry_s: float = 2.0
     rewind_checkpoint: bool = False
+    refused_retry_s: float = 300.0
 
     def __post_init__(self) -> None:
         try:
@@ -95,6 +96,8 @@ class SinkSettings:
         if not self.stream.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"--stream must be letters, digits, - or _, got {self.stream!r}")
         _positive("connect_timeout_s", self.connect_timeout_s)
+        if self.refused_retry_s < 0:
+            raise ConfigError(f"--refused-retry-s must be 0 or more, got {self.refused_retry_s}")
 
     @property
     def conninfo(self) -> str:
@@ -332,6 +335,14 @@ OPTIONS: tuple[Option, ...] = (
         "Let --from-height move the checkpoint back "
         "(by default a replay below it leaves it where it is).",
         is_switch=True,
+    ),
+    Option(
+        "refused-retry-s",
+        "sink",
+        float,
+        "How long a batch PostgreSQL refuses (bad value, a trigger raising) is retried, "
+        "not ready and alerting, before its refused transactions are set aside for "
+        "`quarantine retry`.",
     ),
     Option("max-blocks", "batch", int, "Most blocks in one database transaction."),
     Option("max-plays", "batch", int, "Most plays in one database transaction."),

@@ -132,7 +132,7 @@ def decode_steps(block: Block) -> Generator[int, None, DecodedBlock]:
                 yield plays + len(rows)
             for reason, count in tx_skips.items():
                 skipped[reason] = skipped.get(reason, 0) + count
-            txs.append(DecodedTx(tx_index, tx_hash, tuple(rows), tx_skipped, tx_skips))
+            txs.append(DecodedTx(tx_index, tx_hash, tuple(rows), tx_skipped, tx_skips, raw.data))
             plays += len(rows)
 
     return DecodedBlock(
