@@ -228,18 +228,23 @@ async def test_a_session_killed_during_start_up_migrations_is_retried(
     async with await psycopg.AsyncConnection.connect(empty_database, autocommit=True) as blocker:
         await blocker.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         consumer = Consumer(devnet.url, empty_database, from_height=1)
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-            "AND application_name = 'core-plays-consumer' AND wait_event_type = 'Lock'"
+        sessions = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name = 'core-plays-consumer'"
         )
 
-        async def migrating() -> bool:
-            return bool((await query(ADMIN_URL, waiting, dbname(empty_database)))[0][0] == 1)
+        async def migrators() -> set[int]:
+            return {row[0] for row in await query(ADMIN_URL, sessions, dbname(empty_database))}
 
-        await eventually(migrating)
+        first = await eventually(migrators)  # held up by the migration lock
         await terminate_consumers(empty_database)
         await eventually(lambda: consumer.runner.waiting.what is not None)
-        await eventually(migrating)  # it came back for the migrations
+
+        async def came_back() -> bool:
+            now = await migrators()
+            return bool(now) and now.isdisjoint(first)
+
+        await eventually(came_back)
         await blocker.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     await consumer.reach(20)
     await consumer.finish()
