@@ -1,4 +1,4 @@
-"""The one-shot commands: `migrate` and `status`."""
+"""The one-shot commands: `migrate`, `status` and `quarantine`."""
 
 from __future__ import annotations
 
@@ -7,27 +7,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumer.config import Settings
-from consumer.errors import ConsumerError
-from consumer.lease import lock_key
+from consumer.database import connect
+from consumer.errors import ConfigError, ConsumerError
+from consumer.lease import find_holder, lock_key
 from consumer.migrate import prepare_database
-from consumer.runner import connect_database
+from consumer.sink import PlaysSink
 from consumer.source import CoreClient
 
-__all__ = ["migrate_command", "status_command"]
+__all__ = ["migrate_command", "quarantine_command", "status_command"]
 
 log = logging.getLogger(__name__)
-
-_LEADER = """
-SELECT pid, application_name, client_addr::text FROM pg_locks JOIN pg_stat_activity USING (pid)
-WHERE locktype = 'advisory' AND granted AND objsubid = 1
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)
-"""
 
 
 async def migrate_command(settings: Settings) -> list[int]:
     sink = settings.sink
-    conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
     try:
         applied = await prepare_database(conn, sink.safe_url)
     finally:
@@ -50,7 +44,7 @@ async def status_command(settings: Settings) -> tuple[dict[str, Any], bool]:
     finally:
         await client.close()
     sink = settings.sink
-    conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
     try:
         chain_filter = info.chain_id if info else None
         cur = await conn.execute(
@@ -78,10 +72,9 @@ async def status_command(settings: Settings) -> tuple[dict[str, Any], bool]:
             report["lag_seconds"] = None if lag_s is None else round(lag_s, 3)
             if info is not None:
                 report["lag_blocks"] = max(0, info.head - height)
-            cur = await conn.execute(_LEADER, (lock_key(chain_id, sink.stream),))
-            holder = await cur.fetchone()
+            holder = await find_holder(conn, lock_key(chain_id, sink.stream))
             report["leader"] = (
-                {"pid": holder[0], "application": holder[1], "client": holder[2]}
+                {"pid": holder.pid, "application": holder.application, "client": holder.client}
                 if holder
                 else None
             )
@@ -114,3 +107,75 @@ async def status_command(settings: Settings) -> tuple[dict[str, Any], bool]:
     finally:
         await conn.close()
     return report, ok
+
+
+_LIST_QUARANTINE = """
+SELECT chain_id, block_height, tx_index, kind, tx_hash, octet_length(data),
+       CASE WHEN kind <> 'refused' THEN 'kept' WHEN written_at IS NULL THEN 'PENDING'
+            ELSE 'written ' || to_char(written_at, 'YYYY-MM-DD HH24:MI:SS') END,
+       error
+FROM core_plays.quarantine WHERE (%s::text IS NULL OR chain_id = %s)
+ORDER BY chain_id, block_height, tx_index
+"""
+_SHOW_QUARANTINE = """
+SELECT chain_id, block_height, tx_index, kind, tx_hash, data, error, quarantined_at, written_at
+FROM core_plays.quarantine
+WHERE (%s::text IS NULL OR chain_id = %s) AND block_height = %s AND tx_index = %s
+"""
+_PENDING_CHAINS = """
+SELECT DISTINCT chain_id FROM core_plays.quarantine
+WHERE kind = 'refused' AND written_at IS NULL AND (%s::text IS NULL OR chain_id = %s)
+ORDER BY 1
+"""
+
+
+async def quarantine_command(
+    settings: Settings,
+    action: str,
+    chain_id: str | None = None,
+    height: int | None = None,
+    tx_index: int | None = None,
+) -> int:
+    """List, show or re-apply quarantined transactions; exit 1 while any stay unwritten.
+
+    Undecodable bytes are kept for inspection only ('kept'). Transactions that
+    PostgreSQL refused ('refused') were set aside with their decoded rows;
+    `retry` writes them through the ledger, so a play already written is never
+    written twice, and leaves the checkpoint where it is.
+    """
+    sink = settings.sink
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    async with conn:
+        if action == "show":
+            if height is None or tx_index is None:
+                raise ConfigError("quarantine show needs --height and --tx-index")
+            cur = await conn.execute(_SHOW_QUARANTINE, (chain_id, chain_id, height, tx_index))
+            row = await cur.fetchone()
+            if row is None:
+                raise ConfigError(f"nothing quarantined at height {height}, tx_index {tx_index}")
+            names = ("chain_id", "height", "tx_index", "kind", "tx_hash", "data", "error")
+            for name, value in zip(names, row, strict=False):
+                print(f"{name}: {value.hex() if isinstance(value, bytes) else value}")
+            print(f"quarantined_at: {row[7]}\nwritten_at: {row[8] or '-'}")
+            return 0
+        if action == "retry":
+            cur = await conn.execute(_PENDING_CHAINS, (chain_id, chain_id))
+            failed = 0
+            for (chain,) in await cur.fetchall():
+                done = await PlaysSink(conn, chain, sink.stream, 0).reapply_set_aside()
+                print(
+                    f"chain {chain}: wrote {done.transactions} set-aside transaction(s), "
+                    f"{done.plays_written} play(s)"
+                )
+                for (h, i), error in sorted(done.failed.items()):
+                    print(f"  still refused: height {h} tx_index {i}: {error}")
+                failed += len(done.failed)
+            return 1 if failed else 0
+        cur = await conn.execute(_LIST_QUARANTINE, (chain_id, chain_id))
+        rows = await cur.fetchall()
+        print("chain_id\theight\ttx_index\tkind\ttx_hash\tbytes\tstatus\terror")
+        for row in rows:
+            print("\t".join(str(v) for v in row))
+        pending = sum(1 for row in rows if row[6] == "PENDING")
+        print(f"{len(rows)} quarantined, {pending} set aside and not yet written")
+        return 1 if pending else 0

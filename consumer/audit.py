@@ -31,7 +31,7 @@ from psycopg.rows import TupleRow
 from consumer.compare import compare_blocks
 from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
-from consumer.errors import SourceUnavailable
+from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import DecodedBlock, DifferenceKind, Rpc
 from consumer.sink import PlaysSink
@@ -136,7 +136,7 @@ class Auditor:
                         conn = await self._connect()
                     await self._audit_pending(conn)
                     await self._save(conn)
-                except (psycopg.OperationalError, SourceUnavailable) as exc:
+                except (psycopg.OperationalError, SinkUnavailable, SourceUnavailable) as exc:
                     log.warning("audit paused (%s); trying again in %.0f s", exc, self.interval_s)
                     if conn is not None:
                         await conn.close()
@@ -183,7 +183,8 @@ class Auditor:
         written = 0
         if found.missing:
             repair = PlaysSink(conn, self.chain_id, self.stream, 0, checkpoint=False)
-            result = await repair.write(found.missing)
+            # What PostgreSQL refuses is set aside for `quarantine retry`, not retried here.
+            result = await repair.write(found.missing, set_aside=True)
             written = result.plays_written
             self.metrics.audit_repaired_plays_total.inc(written)
             for conflict in result.conflicts:

@@ -1,18 +1,22 @@
-"""One retry delay policy for every retry in the service.
+"""One retry delay policy, and one retry wait, for every retry in the service.
 
 Capped exponential backoff with full jitter: many replicas restarted by the
 same outage do not hammer a node or database in lock-step, and a long outage
-costs one attempt per `cap_s`, never a hot loop.
+costs one attempt per `cap_s`, never a hot loop. `Retry` adds what every
+retry loop needs besides the delay: stop (SIGTERM, Ctrl-C) ends the wait at
+once, and a deadline ends it for good, so no loop handles either its own way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "Retry"]
 
 
 @dataclass(slots=True)
@@ -42,3 +46,41 @@ class Backoff:
     def reset(self) -> None:
         """Call after a success, so the next failure starts small again."""
         self.attempts = 0
+
+
+@dataclass(slots=True)
+class Retry:
+    """The wait between two attempts: backoff, cut short by stop or a deadline.
+
+    Usage: `while True: try: return await call() except Transient: if not await
+    retry.pause(deadline): give up`.
+    """
+
+    backoff: Backoff = field(default_factory=Backoff)
+    stop: asyncio.Event | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    async def pause(self, deadline: float | None = None) -> bool:
+        """Wait the next delay (never past `deadline`, a time.monotonic() value).
+
+        False, without waiting, once stop is set or the deadline has passed;
+        False too if stop is set during the wait.
+        """
+        now = time.monotonic()
+        if self.stopped or (deadline is not None and now >= deadline):
+            return False
+        delay = self.backoff.next_delay()
+        if deadline is not None:
+            delay = min(delay, deadline - now)
+        if self.stop is None:
+            await self.backoff.sleep(delay)
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=delay)
+        return not self.stop.is_set()
+
+    def reset(self) -> None:
+        self.backoff.reset()

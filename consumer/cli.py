@@ -155,6 +155,21 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_status)
 
+    quarantine = sub.add_parser(
+        "quarantine",
+        help="list quarantined transactions, show one, or retry the set-aside ones "
+        "(exit 1 while any stay unwritten)",
+    )
+    quarantine.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+    quarantine.add_argument("--chain-id", help="default: every chain")
+    quarantine.add_argument("--height", type=int, help="with show: the block height")
+    quarantine.add_argument("--tx-index", type=int, help="with show: the transaction's index")
+    add_options(
+        quarantine,
+        (*DATABASE, "stream"),
+    )
+    quarantine.set_defaults(handler=_quarantine)
+
     devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
     _add_devnet_options(devnet)
     devnet.add_argument("--listen", default="127.0.0.1:50051", help="host:port to serve on")
@@ -405,6 +420,14 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def _quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.admin import quarantine_command
+
+    return asyncio.run(
+        quarantine_command(settings, args.action, args.chain_id, args.height, args.tx_index)
+    )
+
+
 def _devnet(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.devnet.main import serve_devnet
 
@@ -453,12 +476,12 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
     part = plan[args.index]
     start = None
     if args.resume:
-        from consumer.runner import connect_database
+        from consumer.database import connect
 
         sink = settings.sink
 
         async def resume() -> int:
-            conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+            conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
             async with conn:
                 return await resume_height(conn, part)
 
@@ -469,10 +492,10 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _find_gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
     from consumer.backfill import find_gaps
-    from consumer.runner import connect_database
+    from consumer.database import connect
 
     sink = settings.sink
-    conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
     async with conn:
         return await find_gaps(
             conn, args.chain_id, args.gaps_from, args.gaps_to, sink.stream, args.ledger_quiet_blocks

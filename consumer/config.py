@@ -249,6 +249,12 @@ class SinkSettings:
         "Let --from-height move the checkpoint back "
         "(by default a replay below it leaves it where it is).",
     )
+    refused_retry_s: float = option(
+        300.0,
+        "How long a batch PostgreSQL refuses (bad value, a trigger raising) is retried, "
+        "not ready and alerting, before its refused transactions are set aside for "
+        "`quarantine retry`.",
+    )
     # Not options of their own: the password from the environment or the file
     # above, and the one --connect-timeout-s (SourceSettings), copied in by from_args.
     password: str | None = field(default=None, repr=False)
@@ -260,6 +266,8 @@ class SinkSettings:
             raise ConfigError(f"--stream must be letters, digits, - or _, got {self.stream!r}")
         _positive("connect_timeout_s", self.connect_timeout_s)
         _positive("lease_retry_s", self.lease_retry_s)
+        if self.refused_retry_s < 0:
+            raise ConfigError(f"--refused-retry-s must be 0 or more, got {self.refused_retry_s}")
 
     @property
     def conninfo(self) -> str:

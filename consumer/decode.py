@@ -153,7 +153,7 @@ def decode_steps(block: Block, first_index: int = 0) -> Generator[int, None, Dec
                 yield plays + len(rows)
             for reason, count in tx_skips.items():
                 skipped[reason] = skipped.get(reason, 0) + count
-            txs.append(DecodedTx(tx_index, tx_hash, tuple(rows), tx_skipped, tx_skips))
+            txs.append(DecodedTx(tx_index, tx_hash, tuple(rows), tx_skipped, tx_skips, raw.data))
             plays += len(rows)
 
     return DecodedBlock(

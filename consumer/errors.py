@@ -1,7 +1,10 @@
 """The whole error tree. Foreign errors are translated once, at the boundary.
 
-`retryable` tells the runner whether waiting and trying again can help; it
-retries nothing else, so a bug crashes loudly instead of looping.
+The runner waits out exactly two of these (`SourceUnavailable`,
+`SinkUnavailable`) and retries `SinkRefused` for a bounded time; anything else
+stops the process with one line and `exit_code`, so a bug crashes loudly
+instead of looping. Which database error becomes which is `consumer.database`'s
+job (by SQLSTATE).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ __all__ = [
     "CheckpointMissing",
     "ConfigError",
     "ConsumerError",
-    "LeaseLost",
     "SchemaMismatch",
+    "SinkRefused",
     "SinkUnavailable",
     "SourceFailed",
     "SourceUnavailable",
@@ -22,14 +25,11 @@ __all__ = [
 
 
 class ConsumerError(Exception):
-    retryable: ClassVar[bool] = False
     exit_code: ClassVar[int] = 1
 
 
 class SourceUnavailable(ConsumerError):
     """The node is down, not ready, too slow, or the stream ended."""
-
-    retryable = True
 
     def __init__(self, message: str, code: str = "UNKNOWN") -> None:
         super().__init__(message)
@@ -41,15 +41,14 @@ class SourceFailed(ConsumerError):
 
 
 class SinkUnavailable(ConsumerError):
-    """The database connection failed; the batch was rolled back."""
+    """The database cannot take the batch now (gone, read-only, short of resources,
+    cancelling us); the batch was rolled back and the session is started again."""
 
-    retryable = True
 
-
-class LeaseLost(ConsumerError):
-    """The session holding the writer lock is gone: stop writing, compete again."""
-
-    retryable = True
+class SinkRefused(ConsumerError):
+    """PostgreSQL refused the batch's rows (bad value, someone's trigger raising);
+    rolled back. Retried for --refused-retry-s, then the refused transactions are
+    set aside in the quarantine."""
 
 
 class ConfigError(ConsumerError):

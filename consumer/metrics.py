@@ -134,6 +134,20 @@ class Metrics:
             registry=registry,
         )
 
+        self.write_refused = gauge(
+            "write_refused",
+            "1 while PostgreSQL refuses the batch being written and it is retried "
+            "(--refused-retry-s), before its refused transactions are set aside.",
+        )
+        self.set_aside_pending = gauge(
+            "set_aside_pending",
+            "Transactions PostgreSQL refused that were set aside and not yet written "
+            "(`plays-consumer quarantine retry`).",
+        )
+        self.set_aside_total = counter(
+            "set_aside_total", "Transactions set aside because PostgreSQL refused them."
+        )
+
         # Export every known label value at 0 from the start, so that rate() and
         # increase() see the first event of a series instead of its birth.
         for skip in SkipReason:

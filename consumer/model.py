@@ -140,6 +140,9 @@ class DecodedTx:
     # The same skips by reason, kept per transaction so that the ledger can
     # total them without a replay counting anything twice.
     skip_reasons: Mapping[SkipReason, int] = field(default_factory=dict)
+    # The SignedTransaction bytes as the node sent them (the same object, not a
+    # copy): a transaction PostgreSQL refuses is set aside with them.
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,20 +2,21 @@
 
 Shape: a producer task reads blocks from the node and decodes them into a
 queue bounded in blocks and in plays (the bound is the back-pressure, and it
-bounds memory whatever the block size); the consumer takes whatever the queue
+bounds memory whatever the block size); the writer takes whatever the queue
 holds, up to the batch limits, and commits it with its checkpoint. While the
 node is ahead the queue fills during each commit, so batches grow by
 themselves; at the tip the queue holds one block at a time, so each block
-commits on its own as soon as it arrives. No timer, no setting for the switch
-(consumer.batching). The stages overlap: while a batch commits, the source has
-its next GetBlocks calls in flight and the producer decodes the next blocks.
-Decode runs on the loop: scripts/bench.py shows the database, not the loop,
-is what a catch-up waits for (the writer is busy ~98% of the time).
+commits on its own as soon as it arrives (consumer.batching). Decode runs on
+the loop: scripts/bench.py shows the database, not the loop, is what a
+catch-up waits for.
 
-Retries: the source reconnects to the node itself; a lost database session
-ends the writing session (the lease goes with it), and the runner competes
-for the lease again, re-reads the checkpoint and resumes. Errors that waiting
-cannot fix propagate and stop the process with a clear message.
+Retries: the source reconnects to the node itself. What the database's world
+does (a lost session, a failover to a read-only replica, too many clients, a
+cancelled statement) ends the writing session: the lease goes with it, the
+runner waits with backoff (not ready), competes for the lease again, re-reads
+the checkpoint and resumes. A batch PostgreSQL refuses is retried for
+--refused-retry-s before its refused transactions are set aside. Errors that
+waiting cannot fix propagate and stop the process with one line.
 """
 
 from __future__ import annotations
@@ -27,40 +28,40 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Generator
+from typing import Any
 
 import psycopg
-from psycopg.rows import TupleRow
 
 from consumer import __version__
 from consumer.audit import Auditor
-from consumer.backoff import Backoff
+from consumer.backoff import Backoff, Retry
 from consumer.batching import BlockQueue
 from consumer.config import Settings
+from consumer.database import Waiting, migrate_when_ready
 from consumer.decode import block_parts, decode_steps
 from consumer.errors import (
     ChainMismatch,
     CheckpointMissing,
     ConfigError,
-    ConsumerError,
     SinkUnavailable,
     SourceFailed,
     SourceUnavailable,
 )
-from consumer.lease import Lease
+from consumer.lease import Holder, Lease
 from consumer.metrics import Metrics
-from consumer.migrate import prepare_database
 from consumer.model import Block, Checkpoint, DecodedBlock
-from consumer.sink import BatchResult, PlaysSink, read_checkpoint
+from consumer.sink import BatchResult, PlaysSink, other_chains, read_checkpoint
 from consumer.source import CoreClient, CoreSource, NodeInfo
+from consumer.start import is_replay, start_height
+from consumer.writer import Stopped, Writer
 
-__all__ = ["Runner", "connect_database", "first_error"]
+__all__ = ["Runner", "first_error"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _STOP = object()
+_IDLE = object()
 # Plays decoded between two turns of the loop: ~0.25 ms of decode (see decode_steps).
 _DECODE_SLICE_PLAYS = 64
 # A block with more transaction bytes than this is decoded and written a part of
@@ -71,15 +72,6 @@ LARGE_BLOCK_BYTES = 4 * 1024 * 1024
 LARGE_BLOCK_PART_BYTES = 1024 * 1024
 _ODD_LOG_INTERVAL_S = 60.0
 _CONFLICTS_LOGGED = 10  # per batch; the rest are summed in one line
-# Messages from libpq that no amount of waiting fixes.
-_PERMANENT_DB_ERRORS = (
-    "password authentication failed",
-    "does not exist",
-    "no password",
-    "pg_hba.conf",
-    "SSL",
-    "invalid",
-)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -92,70 +84,32 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group.exceptions[0]
 
 
-async def connect_database(
-    conninfo: str, safe_url: str, timeout_s: float, stop: asyncio.Event | None = None
-) -> psycopg.AsyncConnection[TupleRow]:
-    """Connect, retrying a database that is not up yet; refuse at once what will not heal."""
-    deadline = time.monotonic() + timeout_s
-    backoff = Backoff(initial_s=0.2, cap_s=2.0)
-    while True:
-        try:
-            return await psycopg.AsyncConnection.connect(
-                conninfo,
-                autocommit=True,
-                connect_timeout=max(1, int(timeout_s)),
-                application_name="core-plays-consumer",
-            )
-        except psycopg.OperationalError as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            permanent = any(p in text for p in _PERMANENT_DB_ERRORS)
-            if permanent or time.monotonic() >= deadline or (stop and stop.is_set()):
-                raise ConfigError(
-                    f"cannot use PostgreSQL at {safe_url}: {text} "
-                    f"(tried for {timeout_s:g} s; check --database-url and the password)"
-                ) from None
-            if backoff.attempts == 0:
-                log.warning(
-                    "cannot reach PostgreSQL at %s yet (%s); retrying for up to %g s",
-                    safe_url,
-                    text,
-                    timeout_s,
-                )
-            await asyncio.sleep(backoff.next_delay())
-
-
-class _Stopped(Exception):
-    """Stop was requested while waiting on the node: unwind without writing."""
-
-
 class Runner:
     """One consumer process: first contact, then writing sessions until done or stopped."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics,
-        stop: asyncio.Event,
-        decode: Callable[[Block], Generator[int, None, DecodedBlock]] = decode_steps,
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, stop: asyncio.Event) -> None:
         self.settings = settings
         self.metrics = metrics
         self.stop = stop
-        self._decode = decode
         self.chain_id = ""
         self.role = "starting"
-        self.db_ok = False
+        self.waiting = Waiting()  # what the service waits for on the database, if anything
         self._resume_at: int | None = None
-        self._backoff = Backoff(cap_s=settings.source.retry_cap_s)
+        self._replay: bool | None = None
+        self._retry = Retry(Backoff(cap_s=settings.source.retry_cap_s), stop)
         self._odd: Counter[str] = Counter()
         self._odd_logged_at = -math.inf
 
     # --- readiness ----------------------------------------------------------
 
+    @property
+    def db_ok(self) -> bool:
+        return self.waiting.what is None
+
     def readiness(self) -> tuple[bool, str]:
-        """Ready: database reachable, and either a standby or a leader within lag."""
-        if not self.db_ok:
-            return False, "database unreachable"
+        """Ready: not waiting on the database, and either a standby or a leader within lag."""
+        if self.waiting.what is not None:
+            return False, self.waiting.what
         if self.role == "standby":
             return True, "standby: another instance holds the writer lock"
         if self.role != "leader":
@@ -174,12 +128,11 @@ class Runner:
         client = CoreClient(settings.source)
         try:
             info = await self._first_contact(client)
-            if info is None:
+            if info is None or not await self._prepare_database():
                 return
             self.chain_id = info.chain_id
             self.metrics.set_head(info.head)
             log.info("node %s is on chain %s at height %d", client.url, info.chain_id, info.head)
-            await self._prepare_database()
             source = CoreSource(
                 client,
                 settings.source,
@@ -200,44 +153,40 @@ class Runner:
     async def _first_contact(self, client: CoreClient) -> NodeInfo | None:
         timeout_s = self.settings.source.connect_timeout_s
         deadline = time.monotonic() + timeout_s
-        backoff = Backoff(initial_s=0.2, cap_s=2.0)
-        while not self.stop.is_set():
+        retry = Retry(Backoff(initial_s=0.2, cap_s=2.0), self.stop)
+        while True:
             try:
                 return await client.node_info()
             except SourceUnavailable as exc:
                 self.metrics.source_errors_total.labels(exc.code).inc()
-                if backoff.attempts == 0:
+                if retry.backoff.attempts == 0:
                     log.warning(
                         "cannot reach the Core node at %s yet (%s); retrying for up to %g s",
                         client.url,
                         exc,
                         timeout_s,
                     )
-                if time.monotonic() >= deadline:
+                if not await retry.pause(deadline):
+                    if self.stop.is_set():
+                        return None
                     raise ConfigError(
                         f"cannot reach the Core node at {client.url}: GetNodeInfo failed for "
                         f"{timeout_s:g} s, last: {exc} (check --core-url, http vs https)"
                     ) from None
-                await self._sleep(backoff.next_delay())
             except SourceFailed as exc:
                 raise ConfigError(
                     f"the Core node at {client.url} refused GetNodeInfo: {exc}"
                 ) from None
-        return None
 
-    async def _prepare_database(self) -> None:
+    async def _prepare_database(self) -> bool:
         sink = self.settings.sink
-        conn = await connect_database(
-            sink.conninfo, sink.safe_url, sink.connect_timeout_s, self.stop
+        retry = Retry(Backoff(initial_s=0.2, cap_s=self.settings.source.retry_cap_s), self.stop)
+        return await migrate_when_ready(
+            sink.conninfo, sink.safe_url, sink.connect_timeout_s, retry, self.waiting
         )
-        try:
-            await prepare_database(conn, sink.safe_url)
-        finally:
-            await conn.close()
-        self.db_ok = True
 
     async def _session(self, client: CoreClient, source: CoreSource) -> bool:
-        """Hold the lease and write until done (True), stopped (True) or a retryable loss."""
+        """Hold the lease and write until done (True), stopped (True) or a world's error."""
         sink_settings = self.settings.sink
         lease = Lease(
             sink_settings.conninfo,
@@ -245,12 +194,13 @@ class Runner:
             sink_settings.stream,
             sink_settings.lease_retry_s,
             on_change=self._on_lease,
+            on_standby=self._on_standby,
         )
         try:
             conn = await lease.acquire(self.stop)
             if conn is None:
                 return True
-            self.db_ok = True
+            self.waiting.end()
             checkpoint = await read_checkpoint(conn, self.chain_id, sink_settings.stream)
             start = await self._start_height(conn, checkpoint, client)
             end = self.settings.to_height
@@ -283,30 +233,46 @@ class Runner:
                     self.metrics,
                 )
             done = await self._pipeline(source, sink, lease, start, end, auditor)
-            self._backoff.reset()
+            self._retry.reset()
             return done
-        except _Stopped:
+        except Stopped:
             return True
         except SinkUnavailable as exc:
-            self.db_ok = False
+            await lease.release()  # is_leader drops now, not after the back-off
             self.metrics.db_errors_total.inc()
             self.metrics.reconnects_total.labels("database").inc()
-            delay = self._backoff.next_delay()
-            log.warning(
-                "database lost (%s); competing for the writer lock again in %.1f s", exc, delay
-            )
-            await self._sleep(delay)
+            self.waiting.begin(f"the database: {exc}")
+            await self._retry.pause()
             return False
         finally:
             await lease.release()
 
     def _on_lease(self, held: bool) -> None:
         self.metrics.is_leader.set(1 if held else 0)
-        self.role = "leader" if held else "standby"
+        self.role = "leader" if held else "reconnecting"
+
+    def _on_standby(self, holder: Holder | None) -> None:
+        self.role = "standby"
+        self.waiting.end()  # the database answered: a standby is healthy
+        stream = self.settings.sink.stream
+        held_by = f"held by {holder}" if holder else "held by another session"
+        if self.settings.to_height is None:
+            log.info("writer lock for stream '%s' is %s: standing by", stream, held_by)
+            return
+        log.warning(
+            "standing by: the writer lock for chain %s stream '%s' is %s, most likely the "
+            "live service; this bounded run waits until it is free. To run beside it, give "
+            "the range a checkpoint of its own: add --stream NAME (e.g. --stream replay-%s-%s)",
+            self.chain_id,
+            stream,
+            held_by,
+            self.settings.from_height or "start",
+            self.settings.to_height,
+        )
 
     async def _start_height(
         self,
-        conn: psycopg.AsyncConnection[TupleRow],
+        conn: psycopg.AsyncConnection[Any],
         checkpoint: Checkpoint | None,
         client: CoreClient,
     ) -> int:
@@ -322,31 +288,23 @@ class Runner:
                 checkpoint.height,
                 checkpoint.block_hash,
             )
-        if self._resume_at is not None:
-            return self._resume_at
-        if settings.from_height is not None:
-            if checkpoint is not None and settings.from_height > checkpoint.height + 1:
-                raise ConfigError(
-                    f"--from-height {settings.from_height} is above the '{stream}' checkpoint "
-                    f"(height {checkpoint.height}): heights {checkpoint.height + 1}.."
-                    f"{settings.from_height - 1} would never be written. Write them first, or "
-                    "give a separate range its own --stream"
-                )
-            return settings.from_height
-        if checkpoint is not None:
-            return checkpoint.height + 1
-        try:
-            cur = await conn.execute(
-                "SELECT DISTINCT chain_id FROM core_plays.checkpoint WHERE stream = %s",
-                (stream,),
-            )
-            others = [row[0] for row in await cur.fetchall()]
-        except psycopg.OperationalError as exc:
-            raise SinkUnavailable(f"reading checkpoints: {exc}") from exc
+        height = None if checkpoint is None else checkpoint.height
+        if self._replay is None:
+            self._replay = is_replay(settings.from_height, height)
+        start = start_height(
+            stream=stream,
+            from_height=settings.from_height,
+            checkpoint_height=height,
+            resume_at=self._resume_at,
+            replay=self._replay,
+        )
+        if start is not None:
+            return start
+        others = await other_chains(conn, stream)
         if others:
             raise ChainMismatch(
                 f"the node at {client.url} is on chain {self.chain_id}, but this database's "
-                f"'{stream}' checkpoint is for chain {', '.join(sorted(others))}; a new chain "
+                f"'{stream}' checkpoint is for chain {', '.join(others)}; a new chain "
                 "needs an explicit --from-height (its first blocks may re-write history "
                 "already in plays)"
             )
@@ -357,18 +315,24 @@ class Runner:
 
     async def _verify_checkpoint(self, checkpoint: Checkpoint, client: CoreClient) -> None:
         """The node must hold the very block the checkpoint was written from."""
+        retry = Retry(Backoff(cap_s=self.settings.source.retry_cap_s), self.stop)
         while True:
-            block = await self._retry(lambda: client.block(checkpoint.height))
-            if block is not None:
-                break
-            log.warning(
-                "node %s has not reached checkpoint height %d yet; waiting",
-                client.url,
-                checkpoint.height,
-            )
-            await self._sleep(self._backoff.next_delay())
-            if self.stop.is_set():
-                raise _Stopped
+            try:
+                block = await client.block(checkpoint.height)
+            except SourceUnavailable as exc:
+                self.metrics.source_errors_total.labels(exc.code).inc()
+                log.warning("%s; retrying", exc)
+                block = None
+            else:
+                if block is not None:
+                    break
+                log.warning(
+                    "node %s has not reached checkpoint height %d yet; waiting",
+                    client.url,
+                    checkpoint.height,
+                )
+            if not await retry.pause():
+                raise Stopped
         if block.hash != checkpoint.block_hash:
             raise ChainMismatch(
                 f"checkpoint for chain {checkpoint.chain_id} is at height {checkpoint.height} "
@@ -376,23 +340,6 @@ class Runner:
                 f"{block.hash or '(unreadable block)'} there: a different chain or a restored "
                 "node; nothing was written"
             )
-
-    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        backoff = Backoff(cap_s=self.settings.source.retry_cap_s)
-        while True:
-            if self.stop.is_set():
-                raise _Stopped
-            try:
-                return await call()
-            except SourceUnavailable as exc:
-                self.metrics.source_errors_total.labels(exc.code).inc()
-                delay = backoff.next_delay()
-                log.warning("%s; retrying in %.2f s", exc, delay)
-                await self._sleep(delay)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
 
     # --- the pipeline -------------------------------------------------------
 
@@ -409,13 +356,15 @@ class Runner:
         # Plays bound: one full batch ready behind the one being written, so the
         # database never waits for decode, and no more (see consumer.batching).
         queue = BlockQueue(batch.queue_blocks, 2 * batch.max_plays)
+        writer = Writer(sink, lease, self.settings, self.metrics, self.stop, self.waiting)
+        await writer.count_set_aside()
         try:
             async with asyncio.TaskGroup() as tg:
                 producer = tg.create_task(self._produce(source, queue, start, end))
-                watcher = tg.create_task(self._watch(source, lease))
+                watcher = tg.create_task(self._watch(source))
                 audit = tg.create_task(auditor.run()) if auditor else None
                 try:
-                    done = await self._consume(queue, sink, auditor)
+                    done = await self._write_batches(queue, writer, auditor)
                     if done and end is not None and auditor is not None:
                         await self._until_audited(auditor, end)
                     return done
@@ -434,25 +383,23 @@ class Runner:
         start: int,
         end: int | None,
     ) -> None:
-        decode = self._decode
         async with contextlib.aclosing(source.blocks(start, end)) as blocks:
             async for block in blocks:
                 if _wire_bytes(block) > LARGE_BLOCK_BYTES:
                     await queue.put(block)  # decoded by the writer, a part at a time
                 else:
-                    await queue.put(await _decode_cooperatively(decode(block)))
+                    await queue.put(await _decode_cooperatively(decode_steps(block)))
                 del block  # not held while waiting for the next one
         await queue.put(None)
 
-    async def _watch(self, source: CoreSource, lease: Lease) -> None:
-        """Keep the head fresh for lag, and notice a lost lease while idle at the tip."""
+    async def _watch(self, source: CoreSource) -> None:
+        """Keep the head fresh for lag (the writer's connection is not this task's)."""
         while True:
             await asyncio.sleep(self.settings.source.head_refresh_s)
             try:
                 await source.head()
             except SourceUnavailable as exc:
                 self.metrics.source_errors_total.labels(exc.code).inc()
-            await lease.check()
 
     async def _until_audited(self, auditor: Auditor, end: int) -> None:
         """A bounded run ends verified: every height of it audited (or stopped)."""
@@ -469,27 +416,31 @@ class Runner:
         if auditor.audited_height >= end:
             log.info("audited up to height %d", end)
 
-    async def _consume(self, queue: BlockQueue, sink: PlaysSink, auditor: Auditor | None) -> bool:
-        """Write batches until the source ends or stop is set (see consumer.batching)."""
+    async def _write_batches(
+        self, queue: BlockQueue, writer: Writer, auditor: Auditor | None
+    ) -> bool:
+        """Write batches until the source ends or stop is set (see consumer.batching).
+
+        The only task that uses the writer's connection (see consumer.writer).
+        """
         limits = self.settings.batch
         stopper: asyncio.Future[Any] = asyncio.ensure_future(self.stop.wait())
         try:
             while True:
-                if queue.empty():
+                first = await self._next_or_stop(queue, stopper)
+                while first is _IDLE:
+                    await writer.idle()
                     first = await self._next_or_stop(queue, stopper)
-                    if first is _STOP:
-                        return True
-                else:
-                    first = await queue.get()
-                if first is None:
+                if first is _STOP or first is None:
                     return True
                 if isinstance(first, Block):
                     batch, finished = [_header(first)], False
-                    result = await sink.write_parts(functools.partial(_decoded_parts, first))
+                    parts = functools.partial(_decoded_parts, first)
+                    result = await writer.write_parts(batch, parts)
                 else:
                     assert isinstance(first, DecodedBlock)
                     batch, finished = queue.take_batch(first, limits.max_blocks, limits.max_plays)
-                    result = await sink.write(batch)
+                    result = await writer.write(batch)
                 self._resume_at = result.height + 1
                 self._observe(result)
                 if auditor is not None:
@@ -499,14 +450,20 @@ class Runner:
         finally:
             stopper.cancel()
 
-    @staticmethod
-    async def _next_or_stop(queue: BlockQueue, stopper: asyncio.Future[Any]) -> object:
+    async def _next_or_stop(self, queue: BlockQueue, stopper: asyncio.Future[Any]) -> object:
+        """The next queued block, or _STOP, or _IDLE after head_refresh_s without one."""
+        if not queue.empty():
+            return await queue.get()
         getter: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
-        await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {getter, stopper},
+            timeout=self.settings.source.head_refresh_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if getter.done():
             return getter.result()
         getter.cancel()
-        return _STOP
+        return _STOP if stopper.done() else _IDLE
 
     def _observe(self, result: BatchResult) -> None:
         self.metrics.observe_commit(
@@ -606,7 +563,3 @@ async def _decode_cooperatively(steps: Generator[int, None, DecodedBlock]) -> De
         if plays - since_yield >= _DECODE_SLICE_PLAYS:
             since_yield = plays
             await asyncio.sleep(0)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    return exc.exit_code if isinstance(exc, ConsumerError) else 1

@@ -27,19 +27,32 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from consumer.errors import SinkUnavailable
-from consumer.model import Checkpoint, ConflictKind, DecodedBlock, Quarantined
+from consumer.database import Fault, classify, describe
+from consumer.errors import SinkRefused, SinkUnavailable
+from consumer.model import (
+    Checkpoint,
+    ConflictKind,
+    DecodedBlock,
+    DecodedTx,
+    PlayRow,
+    Rpc,
+    SkipReason,
+)
 
-__all__ = ["BatchResult", "Conflict", "PlaysSink", "read_checkpoint"]
-
-# PostgreSQL refusing a value rather than failing: retrying the same rows can
-# never succeed, so these isolate the transaction instead of retrying.
-_REFUSED = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+__all__ = [
+    "BatchResult",
+    "Conflict",
+    "PlaysSink",
+    "Reapplied",
+    "count_set_aside",
+    "other_chains",
+    "read_checkpoint",
+]
 
 # Created once per session (the lease's connection), always named with pg_temp
 # so that no table of the same name elsewhere on the search path can stand in.
@@ -125,12 +138,33 @@ RETURNING kind, block_height, tx_index, tx_hash, rpc, other_height, other_index,
 """
 
 _INSERT_QUARANTINE = """
-INSERT INTO core_plays.quarantine (chain_id, block_height, tx_index, tx_hash, data, error)
-SELECT %(chain)s, h, i, x, d, e
+INSERT INTO core_plays.quarantine
+    (chain_id, block_height, tx_index, tx_hash, data, error, kind, retry_rows)
+SELECT %(chain)s, h, i, x, d, e, k, r::jsonb
 FROM unnest(%(heights)b::bigint[], %(indexes)b::int[], %(hashes)b::text[],
-            %(data)b::bytea[], %(errors)b::text[]) AS q(h, i, x, d, e)
+            %(data)b::bytea[], %(errors)b::text[], %(kinds)b::text[], %(rows)b::text[])
+     AS q(h, i, x, d, e, k, r)
 ON CONFLICT DO NOTHING
-RETURNING tx_index
+RETURNING tx_index, kind
+"""
+
+# Set-aside transactions still waiting for `quarantine retry`.
+_SELECT_PENDING = """
+SELECT block_height, tx_index, tx_hash, data, retry_rows FROM core_plays.quarantine
+WHERE chain_id = %s AND kind = 'refused' AND written_at IS NULL
+ORDER BY block_height, tx_index
+"""
+_COUNT_PENDING = """
+SELECT count(*) FROM core_plays.quarantine
+WHERE chain_id = %s AND kind = 'refused' AND written_at IS NULL
+"""
+_MARK_WRITTEN = """
+UPDATE core_plays.quarantine SET written_at = now()
+WHERE chain_id = %s AND block_height = %s AND tx_index = %s
+"""
+_SET_ERROR = """
+UPDATE core_plays.quarantine SET error = %s
+WHERE chain_id = %s AND block_height = %s AND tx_index = %s
 """
 
 # The live checkpoint never moves backwards (a replay below it must not
@@ -149,6 +183,7 @@ _SELECT_CHECKPOINT = """
 SELECT chain_id, stream, start_height, height, block_hash, block_time, updated_at
 FROM core_plays.checkpoint WHERE chain_id = %s AND stream = %s
 """
+_OTHER_CHAINS = "SELECT DISTINCT chain_id FROM core_plays.checkpoint WHERE stream = %s"
 
 
 class Conflict(NamedTuple):
@@ -187,6 +222,8 @@ class BatchResult:
     repaired: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
     conflicts: list[Conflict] = field(default_factory=list)  # new ones only
+    # Transactions PostgreSQL refused and that were set aside for `quarantine retry`.
+    set_aside: int = 0
 
     def merge(self, other: BatchResult) -> None:
         """Fold a later batch's result into this one (used when a batch is split)."""
@@ -195,6 +232,7 @@ class BatchResult:
         self.block_time = other.block_time
         self.plays_written += other.plays_written
         self.duplicates += other.duplicates
+        self.set_aside += other.set_aside
         for mine, theirs in (
             (self.tx_types, other.tx_types),
             (self.skipped, other.skipped),
@@ -205,15 +243,69 @@ class BatchResult:
         self.conflicts.extend(other.conflicts)
 
 
+@dataclass(slots=True)
+class Reapplied:
+    """What `quarantine retry` did: transactions and plays written, and what still fails."""
+
+    transactions: int = 0
+    plays_written: int = 0
+    failed: dict[tuple[int, int], str] = field(default_factory=dict)  # (height, tx_index)
+
+
+async def _fetch(
+    conn: psycopg.AsyncConnection[TupleRow], what: str, sql: str, params: tuple[object, ...]
+) -> list[tuple[Any, ...]]:
+    """Run a read on the writer's session; a lost session is SinkUnavailable."""
+    try:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+    except psycopg.Error as exc:
+        if classify(exc) is Fault.BUG:
+            raise
+        raise SinkUnavailable(f"{what}: {describe(exc)}") from exc
+
+
 async def read_checkpoint(
     conn: psycopg.AsyncConnection[TupleRow], chain_id: str, stream: str
 ) -> Checkpoint | None:
-    try:
-        cur = await conn.execute(_SELECT_CHECKPOINT, (chain_id, stream))
-        row = await cur.fetchone()
-    except psycopg.OperationalError as exc:
-        raise SinkUnavailable(f"reading the checkpoint: {exc}") from exc
-    return None if row is None else Checkpoint(*row)
+    rows = await _fetch(conn, "reading the checkpoint", _SELECT_CHECKPOINT, (chain_id, stream))
+    return Checkpoint(*rows[0]) if rows else None
+
+
+async def other_chains(conn: psycopg.AsyncConnection[TupleRow], stream: str) -> list[str]:
+    """Chain ids with a checkpoint for `stream` (to tell a new chain from a first run)."""
+    rows = await _fetch(conn, "reading checkpoints", _OTHER_CHAINS, (stream,))
+    return sorted(row[0] for row in rows)
+
+
+async def count_set_aside(conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> int:
+    """Transactions set aside because PostgreSQL refused them, not written yet."""
+    rows = await _fetch(conn, "counting set-aside transactions", _COUNT_PENDING, (chain_id,))
+    return int(rows[0][0])
+
+
+def _tx_to_json(tx: DecodedTx, block: DecodedBlock) -> str:
+    """Enough to write a set-aside transaction later without the node: its ledger row
+    and its decoded plays (PlayRow order, timestamps as ISO text)."""
+    return json.dumps(
+        {
+            "tx_hash": tx.tx_hash,
+            "block_hash": block.hash,
+            "rpc": str(block.via),
+            "skipped": tx.skipped,
+            "skip_reasons": {str(k): v for k, v in tx.skip_reasons.items()},
+            "plays": [[*p[:2], p.created_at.isoformat(), *p[3:]] for p in tx.plays],
+        }
+    )
+
+
+def _tx_from_json(tx_index: int, data: bytes, stored: dict[str, Any]) -> DecodedTx:
+    plays = tuple(
+        PlayRow(u, t, datetime.fromisoformat(c), g, ci, r, co)
+        for u, t, c, g, ci, r, co in stored["plays"]
+    )
+    reasons = {SkipReason(k): int(v) for k, v in stored["skip_reasons"].items()}
+    return DecodedTx(tx_index, stored["tx_hash"], plays, stored["skipped"], reasons, data)
 
 
 class PlaysSink:
@@ -247,45 +339,63 @@ class PlaysSink:
         }
         self._staging_ready = False
 
-    async def write(self, batch: list[DecodedBlock]) -> BatchResult:
+    async def write(self, batch: list[DecodedBlock], set_aside: bool = False) -> BatchResult:
         """Write the batch and move the checkpoint to its last block, atomically.
 
-        If PostgreSQL refuses a value (a string too long for an index on plays,
-        say), the batch is written again block by block, and the refused
-        transactions are quarantined instead of wedging the chain.
+        If PostgreSQL refuses the rows (class 22/23/54, a trigger raising), this
+        raises SinkRefused: the refusal may be someone's trigger failing for a
+        while, so the runner retries the batch before giving up on any play.
+        With `set_aside` (the runner's last resort) the batch is written block
+        by block instead, and each transaction PostgreSQL still refuses is set
+        aside in the quarantine with its bytes and decoded rows, to be written
+        later by `plays-consumer quarantine retry`.
         """
         started = time.perf_counter()
+        span = f"blocks {batch[0].height}..{batch[-1].height}"
         try:
             await self._ensure_staging()
             try:
                 result = await self._write(batch)
-            except _REFUSED:
+            except psycopg.Error as exc:
+                if classify(exc) is not Fault.REFUSED:
+                    raise
+                if not set_aside:
+                    raise SinkRefused(f"PostgreSQL refuses {span}: {describe(exc)}") from exc
                 result = await self._write_isolating(batch)
-        except psycopg.OperationalError as exc:
-            raise SinkUnavailable(
-                f"writing blocks {batch[0].height}..{batch[-1].height}: {exc}"
-            ) from exc
+        except psycopg.Error as exc:
+            if classify(exc) is Fault.BUG:
+                raise
+            raise SinkUnavailable(f"writing {span}: {describe(exc)}") from exc
         result.seconds = time.perf_counter() - started
         return result
 
-    async def write_parts(self, parts: Callable[[], AsyncIterator[DecodedBlock]]) -> BatchResult:
+    async def write_parts(
+        self, parts: Callable[[], AsyncIterator[DecodedBlock]], set_aside: bool = False
+    ) -> BatchResult:
         """Write ONE block, decoded a part at a time, and move the checkpoint to it.
 
         For a block too big to hold decoded (see consumer.decode.block_parts):
         every part is staged and inserted in turn inside one transaction, so the
         block is still all or nothing, and only one part's rows exist at a time.
-        `parts` makes the parts afresh: a refused value means decoding again,
-        transaction by transaction, to set the refused ones aside.
+        A refusal is handled as `write` handles it; `parts` makes the parts
+        afresh, so with `set_aside` the block is decoded again and each part's
+        refused transactions are set aside.
         """
         started = time.perf_counter()
         try:
             await self._ensure_staging()
             try:
                 result = await self._write_parts(parts, isolate=False)
-            except _REFUSED:
+            except psycopg.Error as exc:
+                if classify(exc) is not Fault.REFUSED:
+                    raise
+                if not set_aside:
+                    raise SinkRefused(f"PostgreSQL refuses a large block: {describe(exc)}") from exc
                 result = await self._write_parts(parts, isolate=True)
-        except psycopg.OperationalError as exc:
-            raise SinkUnavailable(f"writing a large block: {exc}") from exc
+        except psycopg.Error as exc:
+            if classify(exc) is Fault.BUG:
+                raise
+            raise SinkUnavailable(f"writing a large block: {describe(exc)}") from exc
         result.seconds = time.perf_counter() - started
         return result
 
@@ -296,8 +406,12 @@ class PlaysSink:
         last: DecodedBlock | None = None
         async with self.conn.transaction():
             async for decoded in parts():
-                part = await self._without_refused(decoded) if isolate else decoded
+                refused: list[_SetAside] = []
+                part = decoded
+                if isolate:
+                    part, refused = await self._without_refused(decoded)
                 staged = _stage([part])
+                self._add_set_aside(staged, refused)
                 await self._insert(staged)
                 await self.conn.execute(_CLEAR_STAGING)
                 if total is None:
@@ -321,17 +435,19 @@ class PlaysSink:
         for block in batch:
             try:
                 result = await self._write([block])
-            except _REFUSED:
-                result = await self._write([await self._without_refused(block)])
+            except psycopg.Error as exc:
+                if classify(exc) is not Fault.REFUSED:
+                    raise
+                kept, refused = await self._without_refused(block)
+                result = await self._write([kept], refused)
             total.merge(result)
         return total
 
-    async def _without_refused(self, block: DecodedBlock) -> DecodedBlock:
-        """The block with each transaction PostgreSQL refuses moved to quarantine.
+    async def _without_refused(self, block: DecodedBlock) -> tuple[DecodedBlock, list[_SetAside]]:
+        """The block without the transactions PostgreSQL refuses, and those as set-aside rows.
 
         Each plays transaction is tried alone in a transaction that is always
-        rolled back; the raw bytes are not at hand here, so the quarantine row
-        keeps the hash (the node still has the transaction) and the error.
+        rolled back; a refused one keeps its raw bytes and its decoded rows.
         """
         kept, refused = [], []
         for tx in block.txs:
@@ -339,19 +455,29 @@ class PlaysSink:
                 async with self.conn.transaction(force_rollback=True):
                     await self._insert(_stage([replace(block, txs=(tx,))]))
                 kept.append(tx)
-            except _REFUSED as exc:
-                message = (exc.diag.message_primary or str(exc)).strip()
-                refused.append(
-                    Quarantined(tx.tx_index, tx.tx_hash, b"", f"refused by PostgreSQL: {message}")
-                )
-        return replace(block, txs=tuple(kept), quarantined=(*block.quarantined, *refused))
+            except psycopg.Error as exc:
+                if classify(exc) is not Fault.REFUSED:
+                    raise
+                error = f"refused by PostgreSQL: {describe(exc)}"
+                refused.append((block.height, tx.tx_index, tx.tx_hash, tx.data, error, tx, block))
+        return replace(block, txs=tuple(kept)), refused
 
-    async def _write(self, batch: list[DecodedBlock]) -> BatchResult:
+    async def _write(
+        self, batch: list[DecodedBlock], set_aside: Sequence[_SetAside] = ()
+    ) -> BatchResult:
         staged = _stage(batch)
+        self._add_set_aside(staged, set_aside)
         async with self.conn.transaction():
             await self._insert(staged)
             await self._move_checkpoint(batch[-1])
         return staged.result
+
+    @staticmethod
+    def _add_set_aside(staged: _Staged, set_aside: Sequence[_SetAside]) -> None:
+        for height, index, tx_hash, data, error, tx, block in set_aside:
+            staged.quarantined.append(
+                (height, index, tx_hash, data, error, "refused", _tx_to_json(tx, block))
+            )
 
     async def _move_checkpoint(self, last: DecodedBlock) -> None:
         """Inside the batch's transaction; a repair writer leaves progress alone."""
@@ -390,7 +516,9 @@ class PlaysSink:
                 await cur.execute(_RECORD_CONFLICTS, self._conflict_params, prepare=False)
                 result.conflicts = [Conflict(*found) for found in await cur.fetchall()]
         if staged.quarantined:
-            heights, indexes, hashes, data, errors = zip(*staged.quarantined, strict=True)
+            heights, indexes, hashes, data, errors, kinds, retry = zip(
+                *staged.quarantined, strict=True
+            )
             cur = await conn.execute(
                 _INSERT_QUARANTINE,
                 {
@@ -400,15 +528,51 @@ class PlaysSink:
                     "hashes": list(hashes),
                     "data": list(data),
                     "errors": list(errors),
+                    "kinds": list(kinds),
+                    "rows": list(retry),
                 },
             )
-            for (index,) in await cur.fetchall():
-                result.quarantined["block" if index == -1 else "transaction"] += 1
+            for index, kind in await cur.fetchall():
+                if kind == "refused":
+                    result.set_aside += 1
+                else:
+                    result.quarantined["block" if index == -1 else "transaction"] += 1
+
+    async def reapply_set_aside(self) -> Reapplied:
+        """Write the set-aside transactions through the ledger, each in its own
+        transaction (the checkpoint does not move); what is still refused stays."""
+        done = Reapplied()
+        if not self._staging_ready:
+            await self.conn.execute(_CREATE_STAGING)
+            self._staging_ready = True
+        pending = await _fetch(self.conn, "reading set-aside", _SELECT_PENDING, (self.chain_id,))
+        for height, index, _tx_hash, data, stored in pending:
+            tx = _tx_from_json(index, bytes(data), stored)
+            block_hash, via = stored.get("block_hash", ""), Rpc(stored.get("rpc", ""))
+            block = DecodedBlock(height, block_hash, self.chain_id, None, (tx,), via=via)
+            staged = _stage([block])
+            try:
+                async with self.conn.transaction():
+                    await self._insert(staged)
+                    await self.conn.execute(_MARK_WRITTEN, (self.chain_id, height, index))
+            except psycopg.Error as exc:
+                if classify(exc) is not Fault.REFUSED:
+                    raise
+                error = f"refused by PostgreSQL: {describe(exc)}"
+                await self.conn.execute(_SET_ERROR, (error, self.chain_id, height, index))
+                done.failed[(height, index)] = error
+                continue
+            done.transactions += 1
+            done.plays_written += staged.result.plays_written
+        return done
 
 
 # batch_tx, height, tx_index, hash, play_count, skipped_count, skip_reasons, rpc, block_hash
 _TxRow = tuple[int, int, int, str, int, int, str | None, str, str]
-_QuarantineRow = tuple[int, int, str, bytes, str]  # height, tx_index, hash, data, error
+# height, tx_index, hash, data, error, kind, retry_rows (JSON, set-aside only)
+_QuarantineRow = tuple[int, int, str, bytes, str, str, str | None]
+# height, tx_index, hash, data, error, and the refused transaction itself
+_SetAside = tuple[int, int, str, bytes, str, DecodedTx, DecodedBlock]
 
 
 @dataclass(slots=True)
@@ -463,7 +627,9 @@ def _stage(batch: list[DecodedBlock]) -> _Staged:
             n = len(plays)
             plays.extend([(n + j, k, *play) for j, play in enumerate(tx.plays)])
         for q in block.quarantined:
-            staged.quarantined.append((height, q.tx_index, q.tx_hash, q.data, q.error))
+            staged.quarantined.append(
+                (height, q.tx_index, q.tx_hash, q.data, q.error, "undecodable", None)
+            )
     return staged
 
 

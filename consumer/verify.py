@@ -278,7 +278,7 @@ async def verify_range(
         found = compare_blocks(chunk, ledger, elsewhere, quarantined, plays, pruned_before)
         report.add(found)
         if repair and found.missing:
-            result = await repairer.write(found.missing)
+            result = await repairer.write(found.missing, set_aside=True)
             # Less any the live service wrote meanwhile: the ledger let those through once.
             offered = sum(len(b.txs) for b in found.missing)
             report.repaired_transactions += offered - result.duplicates

@@ -14,9 +14,9 @@ import sys
 import psycopg
 
 from consumer.config import Settings
+from consumer.database import connect
 from consumer.errors import ConfigError, ConsumerError
 from consumer.logs import fatal_line
-from consumer.runner import connect_database
 from consumer.source import CoreClient
 from consumer.verify import VerifyReport, verify_range
 
@@ -48,7 +48,7 @@ async def _verify(args: argparse.Namespace, settings: Settings) -> VerifyReport:
     sink = settings.sink
     try:
         info = await client.node_info()
-        conn = await connect_database(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+        conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
         async with conn:
             return await verify_range(
                 client,

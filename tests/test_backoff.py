@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 import pytest
 
-from consumer.backoff import Backoff
+from consumer.backoff import Backoff, Retry
 
 
 def test_next_delay_grows_by_the_factor_from_the_initial_delay() -> None:
@@ -67,3 +69,51 @@ async def test_wait_sleeps_for_the_delay_it_returns() -> None:
     backoff = Backoff(initial_s=0.1, cap_s=1.0, jitter=0.5, sleep=record, rng=random.Random(5))
     returned = [await backoff.wait() for _ in range(3)]
     assert slept == returned
+
+
+class Recorder:
+    """An injected sleep that records delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def test_retry_pauses_for_the_backoffs_delays() -> None:
+    sleep = Recorder()
+    retry = Retry(Backoff(initial_s=0.1, cap_s=1.0, jitter=0.0, sleep=sleep))
+    assert [await retry.pause() for _ in range(3)] == [True, True, True]
+    assert sleep.slept == pytest.approx([0.1, 0.2, 0.4])
+
+
+async def test_retry_gives_up_without_waiting_once_stop_is_set() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    retry = Retry(Backoff(initial_s=100.0, cap_s=100.0), stop)
+    assert await retry.pause() is False
+    assert retry.backoff.attempts == 0
+
+
+async def test_retry_gives_up_without_waiting_once_the_deadline_has_passed() -> None:
+    sleep = Recorder()
+    retry = Retry(Backoff(sleep=sleep))
+    assert await retry.pause(deadline=time.monotonic() - 1) is False
+    assert sleep.slept == []
+
+
+async def test_retry_never_waits_past_the_deadline() -> None:
+    sleep = Recorder()
+    retry = Retry(Backoff(initial_s=100.0, cap_s=100.0, jitter=0.0, sleep=sleep))
+    assert await retry.pause(deadline=time.monotonic() + 5) is True
+    assert 0 < sleep.slept[0] <= 5
+
+
+async def test_stop_during_a_pause_ends_it() -> None:
+    stop = asyncio.Event()
+    retry = Retry(Backoff(initial_s=100.0, cap_s=100.0), stop)
+    pause = asyncio.create_task(retry.pause())
+    await asyncio.sleep(0)
+    stop.set()
+    assert await pause is False

@@ -97,7 +97,7 @@ async def test_the_identity_migration_keeps_the_ledger_and_frees_positions(
             "INSERT INTO core_plays.tx_ledger (chain_id, block_height, tx_index, tx_hash, "
             "play_count, skipped_count) VALUES ('c', 5, 0, 'A', 1, 0)"
         )
-        assert await apply_migrations(conn) == [4]
+        assert await apply_migrations(conn, up_to=4) == [4]
         # A different transaction at the position A holds is now a new row, not a replay.
         await conn.execute(
             "INSERT INTO core_plays.tx_ledger (chain_id, block_height, tx_index, tx_hash, "

@@ -12,8 +12,9 @@ import pytest
 import pytest_asyncio
 from psycopg.rows import TupleRow
 
+from consumer.errors import SinkRefused
 from consumer.model import DecodedBlock, DecodedTx, PlayRow, Quarantined, Rpc
-from consumer.sink import PlaysSink, read_checkpoint
+from consumer.sink import PlaysSink, count_set_aside, read_checkpoint
 
 CHAIN = "chain-a"
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -132,7 +133,7 @@ async def test_a_failing_batch_leaves_no_rows_and_no_checkpoint(conn: Any) -> No
         BEGIN IF NEW.play_item_id = 666 THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$;
         CREATE TRIGGER refuse AFTER INSERT ON plays FOR EACH ROW EXECUTE FUNCTION refuse();
     """)
-    with pytest.raises(psycopg.errors.RaiseException):
+    with pytest.raises(SinkRefused):
         await sink_on(conn).write([block(1, tx(0, "A", 10)), block(2, tx(0, "B", 666))])
     assert await rows(conn, "SELECT count(*) FROM plays") == [(0,)]
     assert await rows(conn, "SELECT count(*) FROM core_plays.tx_ledger") == [(0,)]
@@ -189,15 +190,14 @@ async def test_an_empty_block_still_moves_the_checkpoint(conn: Any) -> None:
     assert checkpoint is not None and checkpoint.height == 2
 
 
-async def test_a_dropped_connection_is_reported_as_retryable(database: str) -> None:
+async def test_a_dropped_connection_is_reported_as_unavailable(database: str) -> None:
     from consumer.errors import SinkUnavailable
 
     conn = await psycopg.AsyncConnection.connect(database, autocommit=True)
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as killer:
         await killer.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-    with pytest.raises(SinkUnavailable) as raised:
+    with pytest.raises(SinkUnavailable):
         await sink_on(conn).write([block(1, tx(0, "A", 1))])
-    assert raised.value.retryable
     await conn.close()
 
 
@@ -211,22 +211,33 @@ async def test_the_ledger_keeps_skip_reasons_per_transaction(conn: Any) -> None:
     ) == [("A", {"track_id_not_integer": 2}), ("B", None)]
 
 
-async def test_a_transaction_postgresql_refuses_is_quarantined_and_the_rest_written(
+HUGE = DecodedTx(1, "HUGE", (PlayRow(7, 5, T0, "s" * 10**6, "", "", ""),), 0, data=b"\x0a\x01")
+
+
+async def test_a_batch_postgresql_refuses_is_not_set_aside_unless_asked(conn: Any) -> None:
+    with pytest.raises(SinkRefused):
+        await sink_on(conn).write([block(1, tx(0, "A", 10)), block(2, HUGE)])
+    assert await rows(conn, "SELECT count(*) FROM core_plays.quarantine") == [(0,)]
+    assert await read_checkpoint(conn, CHAIN, "live") is None
+
+
+async def test_a_refused_transaction_is_set_aside_with_its_bytes_and_the_rest_written(
     conn: Any,
 ) -> None:
-    huge = DecodedTx(1, "HUGE", (PlayRow(7, 5, T0, "s" * 10**6, "", "", ""),), 0)
-    batch = [block(1, tx(0, "A", 10)), block(2, tx(0, "B", 20), huge, tx(2, "C", 30))]
-    result = await sink_on(conn).write(batch)
-    assert result.plays_written == 3
-    assert dict(result.quarantined) == {"transaction": 1}
+    batch = [block(1, tx(0, "A", 10)), block(2, tx(0, "B", 20), HUGE, tx(2, "C", 30))]
+    result = await sink_on(conn).write(batch, set_aside=True)
+    assert (result.plays_written, result.set_aside) == (3, 1)
     assert await rows(conn, "SELECT play_item_id FROM plays ORDER BY id") == [(10,), (20,), (30,)]
     assert await rows(
-        conn, "SELECT block_height, tx_index, tx_hash FROM core_plays.quarantine"
-    ) == [(2, 1, "HUGE")]
+        conn,
+        "SELECT block_height, tx_index, tx_hash, kind, data, retry_rows->>'tx_hash', written_at "
+        "FROM core_plays.quarantine",
+    ) == [(2, 1, "HUGE", "refused", b"\x0a\x01", "HUGE", None)]
+    assert await count_set_aside(conn, CHAIN) == 1
     checkpoint = await read_checkpoint(conn, CHAIN, "live")
     assert checkpoint is not None and checkpoint.height == 2
-    again = await sink_on(conn).write(batch)
-    assert (again.plays_written, dict(again.quarantined)) == (0, {})
+    again = await sink_on(conn).write(batch, set_aside=True)
+    assert (again.plays_written, again.set_aside) == (0, 0)
 
 
 def via(decoded: DecodedBlock, rpc: Rpc) -> DecodedBlock:
@@ -293,3 +304,25 @@ async def test_a_repair_writer_writes_missing_transactions_without_moving_the_ch
     checkpoint = await read_checkpoint(conn, CHAIN, "live")
     assert checkpoint is not None
     assert checkpoint.height == 8
+
+
+async def test_reapplying_set_aside_transactions_writes_them_once_after_the_fix(
+    conn: Any,
+) -> None:
+    await sink_on(conn).write([block(2, tx(0, "B", 20), HUGE)], set_aside=True)
+    still = await sink_on(conn).reapply_set_aside()
+    assert (still.transactions, len(still.failed)) == (0, 1)
+    await conn.execute("ALTER TABLE plays ALTER COLUMN signature TYPE text")
+    await conn.execute("DROP INDEX IF EXISTS plays_signature_idx")
+    await conn.execute(
+        "DO $$ DECLARE i text; BEGIN FOR i IN SELECT indexname FROM pg_indexes "
+        "WHERE tablename = 'plays' AND indexdef LIKE '%signature%' LOOP "
+        "EXECUTE 'DROP INDEX ' || i; END LOOP; END $$"
+    )
+    done = await sink_on(conn).reapply_set_aside()
+    assert (done.transactions, done.plays_written, done.failed) == (1, 1, {})
+    assert await count_set_aside(conn, CHAIN) == 0
+    assert await rows(conn, "SELECT play_item_id, slot FROM plays ORDER BY id") == [(20, 2), (5, 2)]
+    again = await sink_on(conn).reapply_set_aside()
+    assert again.transactions == 0
+    assert await rows(conn, "SELECT count(*) FROM core_plays.tx_ledger") == [(2,)]

@@ -1,0 +1,164 @@
+"""Helpers for tests that run the consumer in-process against a real database.
+
+`Consumer` follows a devnet until told to stop; `BusyServer` stands in front of
+PostgreSQL and answers the first connections the way a server with every
+connection slot taken does (FATAL 53300), then lets connections through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import struct
+from collections import Counter
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry
+
+from consumer.config import Settings
+from consumer.devnet import DevnetServer
+from consumer.metrics import Metrics
+from consumer.runner import Runner
+from tests.conftest import eventually, make_settings
+from tests.reference import expected_rows, plays_rows
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
+    return math.nan if value is None else value
+
+
+class Consumer:
+    """An in-process runner following a devnet until told to stop."""
+
+    def __init__(self, url: str, database: str, settings: Settings | None = None, **overrides: Any):
+        self.metrics = Metrics(CollectorRegistry())
+        self.stop = asyncio.Event()
+        self.runner = Runner(
+            settings or make_settings(url, database, **overrides), self.metrics, self.stop
+        )
+        self.task = asyncio.create_task(self.runner.run())
+
+    def value(self, name: str, **labels: str) -> float:
+        return sample(self.metrics, name, **labels)
+
+    async def reach(self, height: int, timeout_s: float = 15) -> None:
+        await eventually(lambda: self.value("processed_height") >= height, timeout_s=timeout_s)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await self.task
+
+
+async def query(database: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        cur = await conn.execute(sql, params or None)
+        return await cur.fetchall() if cur.description else []
+
+
+async def assert_rows_exact(database: str, devnet: DevnetServer, last: int) -> None:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        assert await plays_rows(conn) == expected_rows(devnet.chain, 1, last)
+
+
+async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
+    """The plays rows the consumer wrote (a discovery database also holds legacy rows)."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        rows = await plays_rows(conn)
+    return Counter(
+        {r: n for r, n in rows.items() if r[4] is None or not str(r[4]).startswith("legacy-")}
+    )
+
+
+async def assert_aggregates_exact(database: str) -> None:
+    """aggregate_plays and the monthly aggregate equal the plays actually present."""
+    [(plays_off,)] = await query(
+        database,
+        """SELECT count(*) FROM (SELECT play_item_id, count(*) AS n FROM plays GROUP BY 1) p
+           FULL JOIN aggregate_plays a USING (play_item_id) WHERE p.n IS DISTINCT FROM a.count""",
+    )
+    [(monthly_off,)] = await query(
+        database,
+        """SELECT count(*) FROM (
+             SELECT play_item_id, date_trunc('month', created_at)::date AS m,
+                    coalesce(country, '') AS country, count(*) AS n FROM plays GROUP BY 1, 2, 3
+           ) p FULL JOIN aggregate_monthly_plays a
+             ON a.play_item_id = p.play_item_id AND a."timestamp" = p.m AND a.country = p.country
+           WHERE p.n IS DISTINCT FROM a.count""",
+    )
+    assert (plays_off, monthly_off) == (0, 0)
+
+
+def _error_response(sqlstate: str, message: str) -> bytes:
+    fields = b"".join(
+        kind + text.encode() + b"\0"
+        for kind, text in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!I", len(body) + 4) + body
+
+
+class BusyServer:
+    """A loopback PostgreSQL front that refuses the first `busy` connections with
+    FATAL 53300 (every connection slot taken), then forwards to the real server."""
+
+    def __init__(self, target_host: str, target_port: int, busy: int) -> None:
+        self.target = (target_host, target_port)
+        self.busy = busy
+        self.refused = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.refused < self.busy:
+                await self._refuse(reader, writer)
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            for src, dst in ((reader, up_writer), (up_reader, writer)):
+                task = asyncio.create_task(self._pipe(src, dst))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (OSError, asyncio.IncompleteReadError):
+            writer.transport.abort()
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            (length,) = struct.unpack("!I", await reader.readexactly(4))
+            (code,) = struct.unpack("!I", (await reader.readexactly(length - 4))[:4])
+            if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest: not here
+                writer.write(b"N")
+                await writer.drain()
+                continue
+            break
+        self.refused += 1
+        writer.write(_error_response("53300", "sorry, too many clients already"))
+        await writer.drain()
+        writer.close()
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except ConnectionError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                dst.transport.abort()
