@@ -41,7 +41,14 @@ from consumer.model import (
     SkipReason,
 )
 
-__all__ = ["block_parts", "decode_block", "decode_steps"]
+__all__ = [
+    "LARGE_BLOCK_BYTES",
+    "LARGE_BLOCK_PART_BYTES",
+    "block_parts",
+    "decode_block",
+    "decode_steps",
+    "wire_bytes",
+]
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -65,15 +72,29 @@ class _NotInt32(enum.Enum):
     OUT_OF_RANGE = enum.auto()
 
 
-def decode_block(block: Block) -> DecodedBlock:
-    """Decode every transaction of `block`; never raises."""
-    steps = decode_steps(block)
+def decode_block(block: Block, first_index: int = 0) -> DecodedBlock:
+    """Decode every transaction of `block`; never raises. `first_index`: as in
+    decode_steps."""
+    steps = decode_steps(block, first_index)
     while True:
         try:
             next(steps)
         except StopIteration as done:
             decoded: DecodedBlock = done.value
             return decoded
+
+
+# A block with more transaction bytes than this is decoded a part of
+# LARGE_BLOCK_PART_BYTES at a time by every reader (the writer, the audit), never
+# whole: decoded rows take about six times the wire bytes, so a 100 MB block
+# held decoded would take most of a pod's memory (README "Memory").
+LARGE_BLOCK_BYTES = 4 * 1024 * 1024
+LARGE_BLOCK_PART_BYTES = 1024 * 1024
+
+
+def wire_bytes(block: Block) -> int:
+    """The transaction bytes a block carries: what decoding it whole would multiply."""
+    return sum(len(tx.data) for tx in block.txs)
 
 
 def block_parts(block: Block, part_bytes: int) -> Iterator[tuple[Block, int]]:

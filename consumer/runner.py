@@ -39,7 +39,13 @@ from consumer.backoff import Backoff, Retry
 from consumer.batching import BlockQueue
 from consumer.config import Settings
 from consumer.database import Waiting, migrate_when_ready
-from consumer.decode import block_parts, decode_steps
+from consumer.decode import (
+    LARGE_BLOCK_BYTES,
+    LARGE_BLOCK_PART_BYTES,
+    block_parts,
+    decode_steps,
+    wire_bytes,
+)
 from consumer.errors import (
     ChainMismatch,
     CheckpointMissing,
@@ -64,12 +70,6 @@ _STOP = object()
 _IDLE = object()
 # Plays decoded between two turns of the loop: ~0.25 ms of decode (see decode_steps).
 _DECODE_SLICE_PLAYS = 64
-# A block with more transaction bytes than this is decoded and written a part of
-# LARGE_BLOCK_PART_BYTES at a time, in one database transaction, instead of whole:
-# decoded rows take about six times the wire bytes, so a 100 MB block held decoded
-# would take most of a pod's memory (the README's Memory section has the arithmetic).
-LARGE_BLOCK_BYTES = 4 * 1024 * 1024
-LARGE_BLOCK_PART_BYTES = 1024 * 1024
 _ODD_LOG_INTERVAL_S = 60.0
 _CONFLICTS_LOGGED = 10  # per batch; the rest are summed in one line
 
@@ -385,7 +385,7 @@ class Runner:
     ) -> None:
         async with contextlib.aclosing(source.blocks(start, end)) as blocks:
             async for block in blocks:
-                if _wire_bytes(block) > LARGE_BLOCK_BYTES:
+                if wire_bytes(block) > LARGE_BLOCK_BYTES:
                     await queue.put(block)  # decoded by the writer, a part at a time
                 else:
                     await queue.put(await _decode_cooperatively(decode_steps(block)))
@@ -526,10 +526,6 @@ class Runner:
             )
             self._odd.clear()
             self._odd_logged_at = now
-
-
-def _wire_bytes(block: Block) -> int:
-    return sum(len(tx.data) for tx in block.txs)
 
 
 async def _decoded_parts(block: Block) -> AsyncIterator[DecodedBlock]:

@@ -174,6 +174,15 @@ class WindowSizer:
             return min(self.limit, FIRST_WINDOW)
         return max(1, min(self.limit, int(self.target_bytes / self._block_bytes)))
 
+    def calls(self, concurrency: int) -> int:
+        """How many calls may be in flight: `concurrency`, unless blocks are bigger
+        than a window's target, when replies of one block each would hold
+        `concurrency` big blocks at once. In flight stays within `concurrency`
+        windows' worth of target bytes, and at least one call (one block)."""
+        if self._block_bytes <= self.target_bytes:
+            return concurrency
+        return max(1, min(concurrency, int(concurrency * self.target_bytes / self._block_bytes)))
+
     def observe(self, total_bytes: int, blocks: int) -> None:
         if blocks:
             per_block = total_bytes / blocks

@@ -241,8 +241,12 @@ class CoreClient:
         """Raw block bytes from StreamBlocks(canon=true, start_height=start)."""
         call = self._stream(types_pb2.StreamBlocksRequest(canon=True, start_height=start))
         try:
-            async for raw in call:
-                yield view_pb2.StreamBlocksResponseView.FromString(raw).block
+            async for message in call:
+                block = view_pb2.StreamBlocksResponseView.FromString(message).block
+                # Not held while the block is used: a big block is not kept twice.
+                del message
+                yield block
+                del block
         except aio.AioRpcError as exc:
             raise self._error(exc, f"StreamBlocks({start})") from exc
         except DecodeError as exc:
@@ -403,6 +407,7 @@ class CoreSource:
                     if raw is None:
                         raise SourceUnavailable(f"StreamBlocks on {url} ended", "STREAM_ENDED")
                     block, chains = _delivered(raw, seq.next_height, Rpc.STREAM)
+                    del raw  # the Block holds what is needed; a big block is not kept twice
                     verdict = seq.judge(block, chains)
                     if verdict is Verdict.REPEAT:
                         log.warning("stream repeated block %d: ignored", block.height)
@@ -448,7 +453,8 @@ class CoreSource:
         the wire, and a new one goes out as soon as one is used up. Calls go out
         only from here, between yields, so a consumer that stops reading stops the
         fetching too: in-flight memory is at most `poll_concurrency` windows,
-        each sized by the WindowSizer to about its target bytes.
+        each sized by the WindowSizer to about its target bytes, and when single
+        blocks are bigger than that, as few calls as keep it so (at least one).
         """
         log.info("polling GetBlocks from height %d on %s", seq.next_height, self.client.url)
         settings = self.settings
@@ -468,7 +474,7 @@ class CoreSource:
                     seq.end,
                     settings.catchup_threshold_blocks,
                 )
-                while len(inflight) < settings.poll_concurrency and next_fetch <= last:
+                while len(inflight) < sizer.calls(settings.poll_concurrency) and next_fetch <= last:
                     high = min(next_fetch + sizer.size() - 1, last)
                     heights = list(range(next_fetch, high + 1))
                     reply = asyncio.ensure_future(self.client.blocks_raw(heights))

@@ -27,7 +27,7 @@ from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
-from consumer.model import DecodedBlock, PlayRow, Rpc
+from consumer.model import Block, DecodedBlock, PlayRow, Rpc
 from consumer.sink import Conflict, PlaysSink
 from consumer.source import CoreClient, CoreSource
 
@@ -193,17 +193,18 @@ class VerifyReport:
 async def read_written(
     conn: psycopg.AsyncConnection[TupleRow],
     chain_id: str,
-    blocks: Sequence[DecodedBlock],
+    blocks: Sequence[DecodedBlock | Block],
     rows: bool,
 ) -> tuple[list[LedgerEntry], dict[str, LedgerEntry], frozenset[str], dict[int, Counter[PlayRow]]]:
     """What the database holds for these blocks' heights: the ledger rows there,
     the ledger rows elsewhere of their transactions, the quarantined ones among
-    them, and (with `rows`) the plays rows at each slot."""
+    them, and (with `rows`) the plays rows at each slot. A large block may come
+    undecoded (a `Block`): its transactions' hashes are all this needs."""
     low, high = blocks[0].height, blocks[-1].height
     cur = await conn.execute(_LEDGER_AT, (chain_id, low, high))
     ledger = [LedgerEntry(*row) for row in await cur.fetchall()]
     here = {(entry.height, entry.tx_hash) for entry in ledger}
-    others = [tx.tx_hash for b in blocks for tx in b.txs if (b.height, tx.tx_hash) not in here]
+    others = [h for b in blocks for h in _tx_hashes(b) if (b.height, h) not in here]
     elsewhere: dict[str, LedgerEntry] = {}
     quarantined: frozenset[str] = frozenset()
     if others:
@@ -217,6 +218,12 @@ async def read_written(
         for slot, *values in await cur.fetchall():
             plays.setdefault(slot, Counter())[PlayRow(*values)] += 1
     return ledger, elsewhere, quarantined, plays
+
+
+def _tx_hashes(block: DecodedBlock | Block) -> list[str]:
+    if isinstance(block, DecodedBlock):
+        return [tx.tx_hash for tx in block.txs]
+    return [tx.hash for tx in block.txs]  # a plays transaction's hash, or another's: harmless
 
 
 async def record_differences(

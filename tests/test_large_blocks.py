@@ -8,10 +8,10 @@ import psycopg
 from prometheus_client import CollectorRegistry
 
 from consumer.batching import BlockQueue
-from consumer.devnet import ChainSpec, Profile
+from consumer.decode import LARGE_BLOCK_BYTES
+from consumer.devnet import ChainSpec, Faults, Profile
 from consumer.metrics import Metrics
 from consumer.model import Block, DecodedBlock
-from consumer.runner import LARGE_BLOCK_BYTES
 from tests.conftest import DevnetFactory, run_consumer
 from tests.reference import assert_aggregates_exact, expected_rows, plays_rows
 
@@ -77,3 +77,19 @@ async def test_an_undecoded_large_block_is_never_part_of_a_batch() -> None:
     assert [b.height for b in batch] == [1]
     assert not finished
     assert len(queue) == 1
+
+
+async def test_the_audit_repairs_a_large_block_the_stream_delivered_short(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(spec=LARGE, height=2, faults=Faults(stream_omits_first_tx=True))
+    metrics = Metrics(CollectorRegistry())
+    await run_consumer(
+        devnet.url, database, metrics, from_height=1, to_height=2, source_mode="stream"
+    )
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 2)
+    assert (
+        metrics.registry.get_sample_value("core_plays_audit_mismatches_total", {"kind": "missing"})
+        == 2
+    )

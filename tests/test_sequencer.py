@@ -242,3 +242,21 @@ def test_window_sizer_widens_gradually_when_blocks_shrink() -> None:
     for _ in range(20):
         sizer.observe(total_bytes=4 * 150, blocks=4)
     assert sizer.size() == 500
+
+
+def test_calls_in_flight_stay_at_the_concurrency_while_blocks_fit_a_window() -> None:
+    sizer = WindowSizer(500, target_bytes=2_000_000)
+    sizer.observe(total_bytes=1_000_000, blocks=10)
+    assert sizer.calls(4) == 4
+
+
+def test_blocks_bigger_than_a_window_bring_fewer_calls_in_flight() -> None:
+    sizer = WindowSizer(500, target_bytes=2_000_000)
+    sizer.observe(total_bytes=4_000_000, blocks=1)
+    assert sizer.calls(4) == 2
+
+
+def test_a_block_far_bigger_than_every_window_together_is_fetched_alone() -> None:
+    sizer = WindowSizer(500, target_bytes=2_000_000)
+    sizer.observe(total_bytes=100_000_000, blocks=1)
+    assert sizer.calls(4) == 1
