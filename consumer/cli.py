@@ -162,8 +162,14 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     )
     quarantine.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
     quarantine.add_argument("--chain-id", help="default: every chain")
-    quarantine.add_argument("--height", type=int, help="with show: the block height")
-    quarantine.add_argument("--tx-index", type=int, help="with show: the transaction's index")
+    quarantine.add_argument(
+        "--height", type=int, help="with show: the block height [default: none, required]"
+    )
+    quarantine.add_argument(
+        "--tx-index",
+        type=int,
+        help="with show: the transaction's index (-1: a whole block) [default: none, required]",
+    )
     add_options(
         quarantine,
         (*DATABASE, "stream"),
