@@ -148,11 +148,24 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
 
     migrate = sub.add_parser("migrate", help="apply schema migrations and exit")
     add_options(migrate, DATABASE)
+    migrate.add_argument(
+        "--print-grants",
+        metavar="ROLE",
+        help="print the GRANT statements a least-privilege ROLE needs for run, status and "
+        "gaps (after migrating), and change nothing",
+    )
     migrate.set_defaults(handler=_migrate)
 
-    status = sub.add_parser("status", help="checkpoint, node head and lag (exit 1 if lagging)")
+    status = sub.add_parser(
+        "status",
+        help="checkpoint, node head, lag and why not ok "
+        "(exit 0 ok, 1 not ok, 2 operator error, 3 node unreachable)",
+    )
     add_options(status, STATUS)
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument(
+        "--chain-id", help="default: the node's chain, else the only chain with checkpoints"
+    )
     status.set_defaults(handler=_status)
 
     quarantine = sub.add_parser(
@@ -194,6 +207,16 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     demo = sub.add_parser("demo", help="embedded PostgreSQL + devnet + run, with progress")
     _add_devnet_options(demo, height=1000, interval=0.02)
     demo.add_argument("--blocks", type=int, default=2000, help="stop after this many blocks")
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the embedded PostgreSQL's and the service's own info logs",
+    )
+    demo.add_argument(
+        "--keep-database",
+        action="store_true",
+        help="leave the embedded PostgreSQL running at the end and print its connection string",
+    )
     add_options(demo, LOGGING)
     demo.set_defaults(handler=_demo, read_settings=top_level_settings)
 
@@ -414,16 +437,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.admin import migrate_command
 
-    asyncio.run(migrate_command(settings))
+    asyncio.run(migrate_command(settings, args.print_grants))
     return 0
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.admin import status_command
 
-    report, ok = asyncio.run(status_command(settings))
+    report, code = asyncio.run(status_command(settings, args.chain_id))
     _print_status(report, as_json=args.json)
-    return 0 if ok else 1
+    return code
 
 
 def _quarantine(args: argparse.Namespace, settings: Settings) -> int:
@@ -483,13 +506,15 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
     start = None
     if args.resume:
         from consumer.database import connect
+        from consumer.migrate import explain_database_errors
 
         sink = settings.sink
 
         async def resume() -> int:
             conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
             async with conn:
-                return await resume_height(conn, part)
+                with explain_database_errors(sink.safe_url):
+                    return await resume_height(conn, part)
 
         start = asyncio.run(resume())
     print(" ".join(part.run_args(start)))
@@ -499,13 +524,20 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
 async def _find_gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
     from consumer.backfill import find_gaps
     from consumer.database import connect
+    from consumer.migrate import explain_database_errors
 
     sink = settings.sink
     conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
     async with conn:
-        return await find_gaps(
-            conn, args.chain_id, args.gaps_from, args.gaps_to, sink.stream, args.ledger_quiet_blocks
-        )
+        with explain_database_errors(sink.safe_url):
+            return await find_gaps(
+                conn,
+                args.chain_id,
+                args.gaps_from,
+                args.gaps_to,
+                sink.stream,
+                args.ledger_quiet_blocks,
+            )
 
 
 async def run_command(settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -555,16 +587,12 @@ def _effective(settings: Settings) -> str:
 
 
 def _print_status(report: dict[str, Any], as_json: bool) -> None:
+    from consumer.admin import format_status
+
     if as_json:
         print(json.dumps(report, default=_json_default, indent=2))
         return
-    for key, value in report.items():
-        if isinstance(value, dict):
-            print(f"{key}:")
-            for k, v in value.items():
-                print(f"  {k}: {v}")
-        else:
-            print(f"{key}: {value}")
+    print(format_status(report))
 
 
 def _json_default(value: object) -> str:

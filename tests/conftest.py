@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,46 @@ def empty_database() -> Iterator[str]:
     yield db_url(name)
     with _admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass(frozen=True)
+class TwoRoles:
+    """A database owned by one login role, with a second that owns nothing."""
+
+    owner: str
+    runtime: str
+    owner_url: str
+    runtime_url: str
+    database: str
+
+
+@pytest.fixture
+def two_roles() -> Iterator[TwoRoles]:
+    """Real roles in the server (cluster-wide, so named per test and dropped after).
+
+    PUBLIC loses every right on the database, TEMPORARY and CONNECT included, so
+    the runtime role has exactly what it is granted.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    name, owner, runtime = f"{RUN_ID}_{suffix}", f"cpc_owner_{suffix}", f"cpc_runtime_{suffix}"
+    with _admin() as admin:
+        admin.execute(f'CREATE ROLE "{owner}" LOGIN')
+        admin.execute(f'CREATE ROLE "{runtime}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+        admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
+    try:
+        yield TwoRoles(
+            owner,
+            runtime,
+            make_conninfo(ADMIN_URL, dbname=name, user=owner),
+            make_conninfo(ADMIN_URL, dbname=name, user=runtime),
+            name,
+        )
+    finally:
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{runtime}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{owner}"')
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+from typing import Any
 
 import psycopg
+import pytest
 
 from consumer.devnet import DevnetServer
-from tests.conftest import DevnetFactory, eventually
+from tests.conftest import DevnetFactory, TwoRoles, eventually
 from tests.procs import ConsumerProcess, flags, run_once, start_consumer
 from tests.reference import expected_rows, plays_rows
 
@@ -235,3 +237,111 @@ async def test_json_logs_are_one_object_per_line_and_never_show_the_password(
     assert "starting core-plays-consumer" in messages
     assert "writer lock" in messages and "stopped cleanly" in messages
     assert "pw-hidden" not in err
+
+
+async def _status(*args: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = await run_once("status", "--json", "--rpc-timeout-s", "1", *args)
+    return code, json.loads(out) if out.strip() else {}, err
+
+
+async def _add_checkpoint(database: str, chain_id: str, height: int) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO core_plays.checkpoint (chain_id, stream, start_height, height, "
+            "block_hash, block_time) VALUES (%s, 'live', 1, %s, 'AB', now() at time zone 'utc')",
+            (chain_id, height),
+        )
+
+
+async def test_status_says_by_how_much_the_lag_is_over_the_limit(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(height=30)
+    code, _, err = await run_once(
+        "run",
+        *flags(core_url=devnet.url, database_url=database, from_height=1, to_height=20),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
+    assert code == 0, err
+    code, report, _ = await _status("--core-url", devnet.url, "--database-url", database)
+    [problem] = report["problems"]
+    assert code == 1
+    assert "10 blocks is over --ready-max-lag-s 60 s by" in problem
+
+
+async def test_status_exits_3_naming_the_node_when_it_cannot_be_reached(database: str) -> None:
+    await _add_checkpoint(database, "devnet-1", 5)
+    code, report, _ = await _status("--core-url", "127.0.0.1:1", "--database-url", database)
+    assert code == 3
+    assert report["checkpoint"]["height"] == 5
+    assert any(p.startswith("node unreachable at 127.0.0.1:1") for p in report["problems"])
+
+
+async def test_status_before_the_first_run_says_it_needs_from_height(
+    devnet: DevnetServer, database: str
+) -> None:
+    code, report, _ = await _status("--core-url", devnet.url, "--database-url", database)
+    assert code == 1
+    assert report["problems"] == [
+        "no checkpoint for chain devnet-1 stream 'live': the first run needs --from-height"
+    ]
+
+
+async def test_status_on_a_database_never_migrated_is_one_line_and_exit_2(
+    devnet: DevnetServer, empty_database: str
+) -> None:
+    code, out, err = await run_once(
+        "status", "--core-url", devnet.url, "--database-url", empty_database
+    )
+    assert code == 2
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert "was never migrated" in line and "plays-consumer migrate" in line
+
+
+async def test_status_lists_every_chain_and_asks_which_when_the_node_is_away(
+    database: str,
+) -> None:
+    await _add_checkpoint(database, "chain-a", 10)
+    await _add_checkpoint(database, "chain-b", 20)
+    code, report, _ = await _status("--core-url", "127.0.0.1:1", "--database-url", database)
+    assert set(report["chains"]) == {"chain-a", "chain-b"}
+    assert "checkpoints for chains chain-a, chain-b: pass --chain-id" in report["problems"]
+    assert code == 3
+
+
+async def test_status_chain_id_chooses_the_chain_reported(database: str) -> None:
+    await _add_checkpoint(database, "chain-a", 10)
+    await _add_checkpoint(database, "chain-b", 20)
+    _, report, _ = await _status(
+        "--core-url", "127.0.0.1:1", "--database-url", database, "--chain-id", "chain-b"
+    )
+    assert report["chain_id"] == "chain-b"
+    assert report["checkpoint"]["height"] == 20
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("status", "--core-url", "127.0.0.1:1", "--rpc-timeout-s", "1"),
+        ("gaps",),
+        ("backfill-plan", "--from", "1", "--to", "100", "--parts", "2", "--index", "0", "--resume"),
+    ],
+    ids=["status", "gaps", "backfill-plan-resume"],
+)
+async def test_a_missing_privilege_is_one_line_and_exit_2(
+    two_roles: TwoRoles, command: tuple[str, ...]
+) -> None:
+    code, _, err = await run_once("migrate", "--database-url", two_roles.owner_url)
+    assert code == 0, err
+    async with await psycopg.AsyncConnection.connect(two_roles.owner_url, autocommit=True) as conn:
+        await conn.execute(
+            f'GRANT CONNECT ON DATABASE "{two_roles.database}" TO "{two_roles.runtime}";'
+            f'GRANT USAGE ON SCHEMA core_plays TO "{two_roles.runtime}";'
+            f'GRANT SELECT ON core_plays.migrations TO "{two_roles.runtime}"'
+        )
+    code, _, err = await run_once(*command, "--database-url", two_roles.runtime_url)
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert "permission denied for table checkpoint" in line and "--print-grants" in line

@@ -8,9 +8,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from consumer.devnet import DevnetServer
 from consumer.errors import SchemaMismatch
 from consumer.migrate import apply_migrations, check_plays_schema, migrations
-from tests.conftest import DISCOVERY_SQL
+from tests.conftest import DISCOVERY_SQL, TwoRoles
+from tests.procs import flags, run_once
+from tests.reference import expected_rows, plays_rows
 
 PLAYS_SHAPE = """
 SELECT (SELECT relfilenode FROM pg_class WHERE oid = 'plays'::regclass),
@@ -135,3 +138,109 @@ async def test_an_index_left_invalid_by_an_interrupted_migration_is_built_again(
         valid, definition = await cur.fetchone() or (False, "")
     assert valid
     assert "tx_index" in definition
+async def _migrate_and_grant(roles: TwoRoles) -> str:
+    """As the owner: migrate, then apply what --print-grants prints for the runtime role."""
+    code, _, err = await run_once("migrate", "--database-url", roles.owner_url)
+    assert code == 0, err
+    code, grants, err = await run_once(
+        "migrate", "--database-url", roles.owner_url, "--print-grants", roles.runtime
+    )
+    assert code == 0, err
+    async with await connect(roles.owner_url) as conn:
+        await conn.execute(grants.encode())
+    return grants
+
+
+async def test_run_works_as_a_role_with_only_the_printed_grants(
+    devnet: DevnetServer, two_roles: TwoRoles
+) -> None:
+    await _migrate_and_grant(two_roles)
+    code, _, err = await run_once(
+        "run",
+        *flags(
+            core_url=devnet.url,
+            database_url=two_roles.runtime_url,
+            from_height=1,
+            to_height=40,
+            metrics_addr="127.0.0.1:0",
+        ),
+    )
+    assert code == 0, err
+    async with await connect(two_roles.owner_url) as conn:
+        assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 40)
+
+
+async def test_the_runtime_role_owns_nothing_and_cannot_create_in_the_database(
+    two_roles: TwoRoles,
+) -> None:
+    await _migrate_and_grant(two_roles)
+    async with await connect(two_roles.runtime_url) as conn:
+        cur = await conn.execute(
+            "SELECT has_database_privilege(current_database(), 'CREATE'), "
+            "has_schema_privilege('core_plays', 'CREATE'), "
+            "(SELECT count(*) FROM pg_class WHERE relowner = "
+            " (SELECT oid FROM pg_roles WHERE rolname = current_user))"
+        )
+        assert await cur.fetchone() == (False, False, 0)
+
+
+async def test_run_without_a_grant_names_every_missing_privilege_and_exits_2(
+    devnet: DevnetServer, two_roles: TwoRoles
+) -> None:
+    await _migrate_and_grant(two_roles)
+    async with await connect(two_roles.owner_url) as conn:
+        await conn.execute(
+            f'REVOKE INSERT ON plays FROM "{two_roles.runtime}";'
+            f'REVOKE TEMPORARY ON DATABASE "{two_roles.database}" FROM "{two_roles.runtime}"'
+        )
+    code, _, err = await run_once(
+        "run",
+        *flags(
+            core_url=devnet.url,
+            database_url=two_roles.runtime_url,
+            from_height=1,
+            to_height=40,
+            metrics_addr="127.0.0.1:0",
+        ),
+    )
+    [line] = [x for x in err.splitlines() if x.startswith("plays-consumer: error:")]
+    assert code == 2, err
+    assert "TEMPORARY on database" in line and "INSERT on table public.plays" in line
+    assert "Traceback" not in err
+
+
+async def test_run_on_a_schema_behind_tells_the_runtime_role_to_migrate_as_the_owner(
+    devnet: DevnetServer, two_roles: TwoRoles
+) -> None:
+    await _migrate_and_grant(two_roles)
+    latest = migrations()[-1].version
+    async with await connect(two_roles.owner_url) as conn:
+        await conn.execute("DELETE FROM core_plays.migrations WHERE version = %s", (latest,))
+    code, _, err = await run_once(
+        "run",
+        *flags(
+            core_url=devnet.url,
+            database_url=two_roles.runtime_url,
+            from_height=1,
+            to_height=10,
+            metrics_addr="127.0.0.1:0",
+        ),
+    )
+    assert code == 2, err
+    assert f"schema version {latest - 1}" in err
+    assert "run `plays-consumer migrate` as the owner" in err
+
+
+async def test_print_grants_changes_nothing_in_the_database(two_roles: TwoRoles) -> None:
+    code, _, err = await run_once("migrate", "--database-url", two_roles.owner_url)
+    assert code == 0, err
+    code, out, err = await run_once(
+        "migrate", "--database-url", two_roles.owner_url, "--print-grants", two_roles.runtime
+    )
+    assert code == 0, err
+    assert "GRANT INSERT ON public.plays" in out.replace('"', "")
+    async with await connect(two_roles.owner_url) as conn:
+        cur = await conn.execute(
+            "SELECT has_table_privilege(%s, 'plays', 'INSERT')", (two_roles.runtime,)
+        )
+        assert await cur.fetchone() == (False,)
