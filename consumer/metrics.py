@@ -176,6 +176,10 @@ class Metrics:
             return math.nan
         return max(0.0, self._head - self._processed)
 
+    def head_value(self) -> float:
+        """The highest head the node reported; NaN until it has."""
+        return self._head
+
     def lag_seconds_value(self) -> float:
         if not self._known(self._block_time):
             return math.nan

@@ -57,6 +57,7 @@ from consumer.errors import (
 from consumer.lease import Holder, Lease
 from consumer.metrics import Metrics
 from consumer.model import Block, Checkpoint, DecodedBlock
+from consumer.progress import RunProgress
 from consumer.sink import BatchResult, PlaysSink, other_chains, read_checkpoint
 from consumer.source import CoreClient, CoreSource, NodeInfo
 from consumer.start import is_replay, start_height
@@ -99,6 +100,7 @@ class Runner:
         self._retry = Retry(Backoff(cap_s=settings.source.retry_cap_s), stop)
         self._odd: Counter[str] = Counter()
         self._odd_logged_at = -math.inf
+        self.progress = RunProgress(metrics.head_value, settings.to_height)
 
     # --- readiness ----------------------------------------------------------
 
@@ -143,7 +145,8 @@ class Runner:
             self._on_source_mode(settings.source.source_mode)
             while not self.stop.is_set():
                 if await self._session(client, source):
-                    return
+                    break
+            self.progress.finish()
         finally:
             await client.close()
 
@@ -466,6 +469,7 @@ class Runner:
         return _STOP if stopper.done() else _IDLE
 
     def _observe(self, result: BatchResult) -> None:
+        self.progress.observe(result)
         self.metrics.observe_commit(
             blocks=result.blocks,
             height=result.height,
