@@ -18,11 +18,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.model import ConflictKind, DifferenceKind, RepairReason, SkipReason
 
-__all__ = ["PREFIX", "QUARANTINE_KINDS", "Metrics"]
+__all__ = ["PREFIX", "QUARANTINE_KINDS", "SOURCE_MODES", "Metrics"]
 
 PREFIX = "core_plays_"
 # The `kind` label of quarantined_total: one transaction, or a whole unreadable block.
 QUARANTINE_KINDS = ("transaction", "block")
+# The `mode` label of source_mode: the path blocks come by right now.
+SOURCE_MODES = ("stream", "poll")
 
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -61,11 +63,20 @@ class Metrics:
             "last_commit_timestamp_seconds", "Unix time of the last successful commit."
         )
         self.is_leader = gauge("is_leader", "1 while this process holds the writer lock.")
+        # Labels fixed for the life of the process (source_mode is the configured
+        # --source-mode), so the series never changes; the path in use right now is
+        # source_mode{mode}, whose series all exist from the start.
         self.build_info = gauge(
             "build_info",
-            "Always 1; labels describe the build and the chain.",
+            "Always 1; labels describe the build, the chain and the configured settings.",
             ("version", "chain_id", "source_mode", "stream"),
         )
+        self.source_mode = gauge(
+            "source_mode",
+            "1 for the path blocks come by now (stream: StreamBlocks, poll: GetBlocks), else 0.",
+            ("mode",),
+        )
+        self.ready = gauge("ready", "1 while /readyz answers 200 (computed at scrape).")
         self.blocks_total = counter("blocks_total", "Blocks committed.")
         self.transactions_total = counter(
             "transactions_total", "Transactions seen in committed blocks, by type.", ("type",)
@@ -162,6 +173,8 @@ class Metrics:
             self.source_conflicts_total.labels(conflict.value)
         for difference in DifferenceKind:
             self.audit_mismatches_total.labels(difference.value)
+        for mode in SOURCE_MODES:
+            self.source_mode.labels(mode).set(0)
         # Appended (issue 14.5): silence from the node while its head is ahead.
         self.source_stalls_total = counter(
             "source_stalls_total",
@@ -192,6 +205,14 @@ class Metrics:
     def set_build(self, version: str, chain_id: str, source_mode: str, stream: str) -> None:
         self.build_info.clear()
         self.build_info.labels(version, chain_id, source_mode, stream).set(1)
+
+    def set_source_mode(self, mode: str) -> None:
+        for known in SOURCE_MODES:
+            self.source_mode.labels(known).set(1 if known == mode else 0)
+
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        """Export the /readyz verdict, so an alert can see a leader that is not ready."""
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
 
     def set_head(self, height: int) -> None:
         # A lagging replica behind a load balancer may report an older head:

@@ -101,6 +101,7 @@ class Runner:
         self._odd: Counter[str] = Counter()
         self._odd_logged_at = -math.inf
         self.progress = RunProgress(metrics.head_value, settings.to_height)
+        metrics.watch_readiness(lambda: self.readiness()[0])
 
     # --- readiness ----------------------------------------------------------
 
@@ -135,23 +136,22 @@ class Runner:
             self.chain_id = info.chain_id
             self.metrics.set_head(info.head)
             log.info("node %s is on chain %s at height %d", client.url, info.chain_id, info.head)
+            self.metrics.set_build(
+                __version__, info.chain_id, settings.source.source_mode, settings.sink.stream
+            )
             source = CoreSource(
                 client,
                 settings.source,
                 self.metrics,
-                on_mode=self._on_source_mode,
+                on_mode=self.metrics.set_source_mode,
                 chain_id=info.chain_id,
             )
-            self._on_source_mode(settings.source.source_mode)
             while not self.stop.is_set():
                 if await self._session(client, source):
                     break
             self.progress.finish()
         finally:
             await client.close()
-
-    def _on_source_mode(self, mode: str) -> None:
-        self.metrics.set_build(__version__, self.chain_id, mode, self.settings.sink.stream)
 
     async def _first_contact(self, client: CoreClient) -> NodeInfo | None:
         timeout_s = self.settings.source.connect_timeout_s

@@ -188,3 +188,53 @@ def test_every_skip_reason_is_exported_at_zero_from_the_start(
 ) -> None:
     metrics = Metrics(CollectorRegistry())
     assert [sample(metrics, "plays_skipped_total", **{label: v}) for v in values] == [0.0] * 3
+
+
+def _series(metrics: Metrics, name: str) -> list[dict[str, str]]:
+    return [
+        sample.labels
+        for metric in metrics.registry.collect()
+        if metric.name == f"core_plays_{name}"
+        for sample in metric.samples
+    ]
+
+
+async def test_build_info_keeps_one_series_while_the_source_path_changes(
+    devnet_factory: DevnetFactory, database: str, metrics: Metrics
+) -> None:
+    devnet = await devnet_factory(height=400)
+    await run_consumer(
+        devnet.url,
+        database,
+        metrics,
+        from_height=1,
+        to_height=400,
+        source_mode="auto",
+        catchup_threshold_blocks=100,
+        poll_window=50,
+    )
+    assert _series(metrics, "build_info") == [
+        {"version": "0.1.0", "chain_id": "devnet-1", "source_mode": "auto", "stream": "live"}
+    ]
+    assert sample(metrics, "source_mode", mode="stream") == 1
+    assert sample(metrics, "source_mode", mode="poll") == 0
+
+
+def test_every_source_path_is_exported_at_zero_from_the_start(metrics: Metrics) -> None:
+    assert _series(metrics, "source_mode") == [{"mode": "stream"}, {"mode": "poll"}]
+    assert sample(metrics, "source_mode", mode="stream") == 0
+
+
+async def test_the_ready_gauge_is_what_readyz_answers(
+    devnet_factory: DevnetFactory, database: str, metrics: Metrics
+) -> None:
+    devnet = await devnet_factory(height=20)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_consumer(devnet.url, database, metrics, stop, from_height=1, ready_max_lag_s=1e9)
+    )
+    assert sample(metrics, "ready") == 0
+    await eventually(lambda: sample(metrics, "ready") == 1)
+    assert sample(metrics, "is_leader") == 1
+    stop.set()
+    await task
