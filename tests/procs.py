@@ -23,12 +23,19 @@ class ConsumerProcess:
     proc: asyncio.subprocess.Process
     metrics_port: int
     stderr: list[str] = field(default_factory=list)
+    stdout: list[str] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
 
     async def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.stderr.append(line.decode(errors="replace"))
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+
+        async def read(stream: asyncio.StreamReader, lines: list[str]) -> None:
+            async for line in stream:
+                lines.append(line.decode(errors="replace"))
+
+        await asyncio.gather(
+            read(self.proc.stderr, self.stderr), read(self.proc.stdout, self.stdout)
+        )
 
     async def get(self, path: str) -> tuple[int, str]:
         """One HTTP GET against the process's metrics port; (0, '') if it is not up."""

