@@ -440,3 +440,17 @@ def test_a_log_line_during_the_demo_ends_the_progress_line_instead_of_cutting_it
     console.say("WARNING something")
     console.progress("height 20/100")
     assert out.getvalue() == ("\rheight 10/100\x1b[K\nWARNING something\n\rheight 20/100\x1b[K")
+
+
+async def test_status_text_starts_with_the_verdict_and_lists_each_chain_stream(
+    database: str,
+) -> None:
+    await _add_checkpoint(database, "chain-a", 10)
+    await _add_checkpoint(database, "chain-b", 20)
+    _, out, _ = await run_once(
+        "status", "--core-url", "127.0.0.1:1", "--rpc-timeout-s", "1", "--database-url", database
+    )
+    lines = out.splitlines()
+    assert lines[0] == "status: NOT OK"
+    assert "  chain-a stream live: heights 1..10" in lines
+    assert "  chain-b stream live: heights 1..20" in lines
