@@ -30,6 +30,7 @@ from psycopg.rows import TupleRow
 
 from consumer.compare import Difference, Findings, compare_blocks
 from consumer.config import SourceMode, SourceSettings
+from consumer.database import SESSION_OPTIONS
 from consumer.decode import (
     LARGE_BLOCK_BYTES,
     LARGE_BLOCK_PART_BYTES,
@@ -153,14 +154,21 @@ class Auditor:
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         conn = await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, application_name="core-plays-consumer-audit"
+            self._conninfo,
+            autocommit=True,
+            application_name="core-plays-consumer-audit",
+            options=SESSION_OPTIONS,  # a DBA's statement timeouts are not the audit's
         )
-        if not self._saved:  # first connection of this session: where the last one stopped
-            cur = await conn.execute(_READ_AUDITED, (self.chain_id, self.stream))
-            row = await cur.fetchone()
-            if row is not None:
-                self._saved = row[1] or 0
-                self.resume(row[0], row[1])
+        try:
+            if not self._saved:  # first connection of this session: where the last one stopped
+                cur = await conn.execute(_READ_AUDITED, (self.chain_id, self.stream))
+                row = await cur.fetchone()
+                if row is not None:
+                    self._saved = row[1] or 0
+                    self.resume(row[0], row[1])
+        except BaseException:  # cancelled with the session, or the read failed: not leaked
+            await conn.close()
+            raise
         return conn
 
     async def _audit_pending(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:

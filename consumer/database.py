@@ -183,7 +183,10 @@ async def connect(
                     f"cannot use PostgreSQL at {safe_url}: {describe(exc)} (tried for "
                     f"{spent:.1f} s; check --database-url, the password and the grants)"
                 ) from None
-            waiting.begin(f"PostgreSQL at {safe_url}: {describe(exc)}")
+            waiting.begin(
+                f"PostgreSQL at {safe_url} ({describe(exc)}); retrying"
+                + ("" if answered else f" for up to {timeout_s:g} s")
+            )
             if not await retry.pause(None if answered else deadline):
                 raise ConfigError(
                     f"cannot use PostgreSQL at {safe_url}: {describe(exc)} "
