@@ -172,7 +172,7 @@ class SourceSettings:
     max_message_bytes: int = option(
         32 * 1024 * 1024,
         "Largest gRPC reply accepted, so the largest block (peak memory is about 60 MB plus "
-        "4.5 times the largest block: raise the pod's memory limit with it).",
+        "5 to 9 times the largest block: raise the pod's memory limit with it).",
     )
     poll_interval_s: float = option(0.5, "Wait between polls at the tip (poll mode).")
     poll_window: int = option(500, "Heights per GetBlocks call (at most 500).")
