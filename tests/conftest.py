@@ -8,6 +8,7 @@ drops its databases at the end.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from psycopg.conninfo import make_conninfo
 
+from consumer.backoff import Backoff
 from consumer.config import (
     BatchSettings,
     HttpSettings,
@@ -36,6 +38,7 @@ from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults
 from consumer.metrics import Metrics
 from consumer.migrate import apply_migrations
 from consumer.runner import Runner
+from tests.databases import TestDatabases
 from tests.embedded_pg import EmbeddedPostgres, answers
 
 # The PostgreSQL the suite uses. When nothing answers there (trust auth), the suite runs
@@ -112,46 +115,48 @@ def db_url(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def template_db() -> Iterator[str]:
-    """A migrated database that every test database is copied from."""
-    name = f"{RUN_ID}_template"
-    with _admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+def databases() -> Iterator[TestDatabases]:
+    """The run's databases: a template migrated once, copied per test; all dropped after."""
+    template = f"{RUN_ID}_template"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{template}"')
 
     async def migrate() -> None:
-        async with await psycopg.AsyncConnection.connect(db_url(name), autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(db_url(template), autocommit=True) as conn:
             await apply_migrations(conn)
 
     asyncio.run(migrate())
-    yield name
-    with _admin() as admin:
-        rows = admin.execute(
+    made = TestDatabases(_admin, RUN_ID, template)
+    yield made
+    made.close()
+    with _admin() as conn:
+        rows = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{RUN_ID}%",)
         ).fetchall()
-        for (db,) in rows:
-            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        for (name,) in rows:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def template_db(databases: TestDatabases) -> str:
+    """The migrated database that every test database is copied from."""
+    return databases.template
 
 
 @pytest.fixture
-def database(template_db: str) -> Iterator[str]:
+def database(databases: TestDatabases) -> Iterator[str]:
     """The URL of a fresh, migrated database for this test alone."""
-    name = f"{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with _admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    name = databases.copy()
     yield db_url(name)
-    with _admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases.drop(name)
 
 
 @pytest.fixture
-def empty_database() -> Iterator[str]:
+def empty_database(databases: TestDatabases) -> Iterator[str]:
     """A fresh database with no schema at all (for migration tests)."""
-    name = f"{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with _admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    name = databases.empty()
     yield db_url(name)
-    with _admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases.drop(name)
 
 
 @dataclass(frozen=True)
@@ -327,3 +332,52 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s} s: {condition}")
         await asyncio.sleep(interval_s)
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """One sample of `core_plays_<name>`; NaN when the series does not exist, so that
+    any comparison with it fails instead of passing on a default of zero."""
+    value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
+    return math.nan if value is None else value
+
+
+class Consumer:
+    """An in-process runner following a devnet until told to stop: for tests that
+    act while it runs (cut the database, flip node faults, watch its readiness)."""
+
+    def __init__(self, url: str, database: str, **overrides: Any) -> None:
+        self.metrics = Metrics(CollectorRegistry())
+        self.stop = asyncio.Event()
+        self.runner = Runner(make_settings(url, database, **overrides), self.metrics, self.stop)
+        self.task = asyncio.create_task(self.runner.run())
+
+    def value(self, name: str, **labels: str) -> float:
+        return sample(self.metrics, name, **labels)
+
+    async def reach(self, height: int, timeout_s: float = 15) -> None:
+        await eventually(lambda: self.value("processed_height") >= height, timeout_s=timeout_s)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await self.task
+
+
+# The shortest wait any retry makes: the first backoff delay with its jitter all taken
+# off. A hot loop retries within a millisecond or two on loopback.
+SHORTEST_RETRY_S = Backoff().initial_s * (1 - Backoff().jitter)
+
+
+async def assert_retries_back_off(errors: Callable[[], float], retries: int = 4) -> None:
+    """Wait for `retries` more errors, then check that a backoff delay came between
+    each two of them (the one in progress when counting starts may be nearly over).
+    A lower bound that sleeping guarantees, so a busy machine cannot fail it; a loop
+    that retries without waiting does."""
+
+    def count() -> float:  # a labelled counter's series appears with its first error
+        value = errors()
+        return 0.0 if math.isnan(value) else value
+
+    first = count()
+    started = time.monotonic()
+    await eventually(lambda: count() >= first + retries)
+    assert time.monotonic() - started >= (retries - 1) * SHORTEST_RETRY_S

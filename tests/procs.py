@@ -7,9 +7,18 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 PYTHON = sys.executable
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any CORE_PLAYS_* setting, plus `extra`: a
+    child configured by the test alone, whatever the developer's shell exports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
+    env.update(extra or {})
+    return env
 
 
 def free_port() -> int:
@@ -78,8 +87,7 @@ async def start_consumer(
     *args: str, env: dict[str, str] | None = None, command: str = "run"
 ) -> ConsumerProcess:
     port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
-    full_env.update(env or {})
+    full_env = clean_env(env)
     argv = [PYTHON, "-m", "consumer", command]
     if command == "run":
         argv += ["--metrics-addr", f"127.0.0.1:{port}"]
@@ -109,8 +117,7 @@ async def run_once(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
 ) -> tuple[int, str, str]:
     """Run one plays-consumer command to completion: (exit code, stdout, stderr)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
-    full_env.update(env or {})
+    full_env = clean_env(env)
     proc = await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from consumer._pb.core.v1 import types_pb2
-from consumer.devnet import DevChain, TxKind
+from consumer.devnet import DevChain, DevnetServer, TxKind
 
 Row = tuple[Any, ...]
 _ID = re.compile(r"[+-]?[0-9]+")
@@ -119,3 +119,9 @@ async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
     return Counter(
         {r: n for r, n in rows.items() if r[4] is None or not str(r[4]).startswith("legacy-")}
     )
+
+
+async def assert_rows_exact(database: str, devnet: DevnetServer, last: int) -> None:
+    """The plays table holds exactly the plays of blocks 1..last: none lost, none twice."""
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        assert await plays_rows(conn) == expected_rows(devnet.chain, 1, last)

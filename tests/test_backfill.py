@@ -26,7 +26,7 @@ from consumer.backfill import HeightRange, Part, find_gaps, plan_parts, uncovere
 from consumer.devnet import DevChain, DevnetServer, TxKind
 from consumer.errors import ConfigError
 from tests.conftest import DevnetFactory, run_consumer
-from tests.procs import run_once
+from tests.procs import clean_env, run_once
 from tests.reference import expected_rows, plays_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +228,7 @@ def _job_command() -> list[str]:
 
 async def _run_job_pod(index: int, parts: int, stop: int, core_url: str, database: str) -> None:
     """One Indexed Job pod, as Kubernetes would start it: the manifest's own command."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
+    env = clean_env()
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         JOB_COMPLETION_INDEX=str(index),

@@ -173,7 +173,7 @@ async def test_status_reports_checkpoint_head_and_lag_as_json(
 async def test_two_consumers_hand_over_when_the_leader_is_killed(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
-    devnet = await devnet_factory(height=100, block_interval_s=0.02, max_height=400)
+    devnet = await devnet_factory(height=100)  # grows only when told: no race with start-up
     args = (
         "--core-url",
         devnet.url,
@@ -191,10 +191,12 @@ async def test_two_consumers_hand_over_when_the_leader_is_killed(
     second = await start_consumer(*args)
     await eventually(lambda: _standby(second), timeout_s=20)
 
+    await devnet.advance(50)
     await eventually(lambda: _processed_at_least(first, 150), timeout_s=20)
     assert await second.sample("core_plays_blocks_total") == 0
     first.signal(signal.SIGKILL)
     await first.wait()
+    await devnet.advance(250)
     assert await second.wait(timeout_s=60) == 0, second.text()
     async with await psycopg.AsyncConnection.connect(database) as conn:
         assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 400)

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from consumer.config import OPTIONS, HttpSettings, SourceSettings, env_name
 from consumer.http import HttpServer
 from tests.conftest import DevnetFactory
+from tests.procs import clean_env
 from tests.reference import expected_rows, plays_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -566,8 +567,7 @@ def _expand(args: list[str], env: dict[str, str]) -> list[str]:
 
 def _pod_env(container: dict[str, Any], **overrides: str) -> dict[str, str]:
     """The environment Kubernetes gives the container: ConfigMap, plain values, overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
-    env.update(_configmap_env())
+    env = clean_env(_configmap_env())
     env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
     env.update(overrides)
     return env

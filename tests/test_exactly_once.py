@@ -14,10 +14,8 @@ from consumer.devnet import DevChain, Faults
 from consumer.errors import ChainMismatch, CheckpointMissing
 from consumer.lease import lock_key
 from consumer.metrics import Metrics
-from tests.conftest import DevnetFactory, eventually, run_consumer
+from tests.conftest import Consumer, DevnetFactory, eventually, run_consumer
 from tests.reference import assert_aggregates_exact, expected_rows, new_plays
-
-LEGACY_ROWS = 500
 
 
 async def test_replays_restarts_and_overlaps_keep_every_aggregate_exact(
@@ -53,34 +51,25 @@ async def test_a_second_runner_stands_by_while_the_first_holds_the_lock(
     devnet_factory: DevnetFactory, discovery: str
 ) -> None:
     devnet = await devnet_factory(height=50)
-    leader_metrics, standby_metrics = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
-    stop_leader, stop_standby = asyncio.Event(), asyncio.Event()
-    leader = asyncio.create_task(
-        run_consumer(devnet.url, discovery, leader_metrics, stop_leader, from_height=1)
-    )
-    await eventually(lambda: leader_metrics.registry.get_sample_value("core_plays_is_leader"))
-    standby = asyncio.create_task(
-        run_consumer(devnet.url, discovery, standby_metrics, stop_standby, from_height=1)
-    )
-    await asyncio.sleep(0)  # let it reach the lock
-    await eventually(
-        lambda: leader_metrics.registry.get_sample_value("core_plays_processed_height") == 50
-    )
+    leader = Consumer(devnet.url, discovery, from_height=1)
+    await leader.reach(50)
+    standby = Consumer(devnet.url, discovery, from_height=1)
+
+    def standing_by() -> bool:
+        """Ready (its database reachable, nothing to fix) yet not the writer: a standby."""
+        ready, _ = standby.runner.readiness()
+        return ready and standby.value("is_leader") == 0 and not standby.task.done()
+
+    await eventually(standing_by)
     await devnet.advance(10)
-    await eventually(
-        lambda: leader_metrics.registry.get_sample_value("core_plays_processed_height") == 60
-    )
-    assert standby_metrics.registry.get_sample_value("core_plays_is_leader") == 0
-    assert standby_metrics.registry.get_sample_value("core_plays_blocks_total") == 0
-    stop_leader.set()
-    await leader
-    await eventually(lambda: standby_metrics.registry.get_sample_value("core_plays_is_leader"))
+    await leader.reach(60)
+    assert standing_by()
+    assert standby.value("blocks_total") == 0
+    await leader.finish()
+    await eventually(lambda: standby.value("is_leader") == 1)
     await devnet.advance(10)
-    await eventually(
-        lambda: standby_metrics.registry.get_sample_value("core_plays_processed_height") == 70
-    )
-    stop_standby.set()
-    await standby
+    await standby.reach(70)
+    await standby.finish()
     assert await new_plays(discovery) == expected_rows(devnet.chain, 1, 70)
     await assert_aggregates_exact(discovery)
 

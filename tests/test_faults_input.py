@@ -8,9 +8,8 @@ import psycopg
 
 from consumer._pb.core.v1 import types_pb2
 from consumer.devnet import ChainSpec, DevChain, GeneratedTx, Profile, TxKind
-from tests.conftest import DevnetFactory
+from tests.conftest import Consumer, DevnetFactory
 from tests.procs import flags, run_once
-from tests.test_faults_node import Consumer
 
 # 30 transactions of 2,000 plays: about 5 MB a block, past gRPC's 4 MB default.
 HUGE = ChainSpec(profile=Profile.BUSY, busy_txs_per_block=30, busy_plays_per_tx=2000)

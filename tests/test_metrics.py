@@ -14,13 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devnet import ChainSpec, DevChain, Faults, TxKind
 from consumer.metrics import Metrics
-from tests.conftest import DevnetFactory, eventually, run_consumer
+from consumer.model import RepairReason, SkipReason
+from tests.conftest import DevnetFactory, eventually, run_consumer, sample
 from tests.reference import expected_rows
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
-    return math.nan if value is None else value
 
 
 def tx_kinds(chain: DevChain, first: int, last: int) -> Counter[TxKind]:
@@ -55,10 +51,7 @@ async def test_skips_and_repairs_are_counted_by_reason(
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT coalesce(sum(skipped_count), 0) FROM core_plays.tx_ledger")
         (ledger_skipped,) = await cur.fetchone() or (0,)
-    skipped = sum(
-        sample(metrics, "plays_skipped_total", reason=r)
-        for r in ("track_id_not_integer", "track_id_out_of_range", "no_timestamp")
-    )
+    skipped = sum(sample(metrics, "plays_skipped_total", reason=r.value) for r in SkipReason)
     assert skipped == ledger_skipped > 0
     assert sample(metrics, "plays_repaired_total", reason="timestamp_missing") > 0
     assert sample(metrics, "plays_repaired_total", reason="nul_removed") > 0
@@ -178,16 +171,16 @@ def test_a_head_reported_lower_later_does_not_shrink_lag() -> None:
 
 
 @pytest.mark.parametrize(
-    "label,values",
-    [
-        ("reason", ("track_id_not_integer", "track_id_out_of_range", "no_timestamp")),
-    ],
+    ("name", "reason"),
+    [("plays_skipped_total", r) for r in SkipReason]
+    + [("plays_repaired_total", r) for r in RepairReason],
+    ids=str,
 )
-def test_every_skip_reason_is_exported_at_zero_from_the_start(
-    label: str, values: tuple[str, ...]
+def test_every_skip_and_repair_reason_is_exported_at_zero_from_the_start(
+    name: str, reason: SkipReason | RepairReason
 ) -> None:
     metrics = Metrics(CollectorRegistry())
-    assert [sample(metrics, "plays_skipped_total", **{label: v}) for v in values] == [0.0] * 3
+    assert sample(metrics, name, reason=reason.value) == 0.0
 
 
 def _series(metrics: Metrics, name: str) -> list[dict[str, str]]:

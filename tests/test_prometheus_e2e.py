@@ -95,16 +95,16 @@ async def query(base: str, promql: str) -> float | None:
 async def test_prometheus_reads_processed_height_and_lag_from_the_consumer(
     prometheus: str,
 ) -> None:
-    height = await eventually(
+    # The filter only answers once a scrape has carried a height of 100 or more.
+    await eventually(
         lambda: query(prometheus, "core_plays_processed_height >= 100"),
         timeout_s=60,
         interval_s=0.5,
     )
-    assert height >= 100
     lag = await eventually(
         lambda: query(prometheus, "core_plays_lag_seconds"), timeout_s=30, interval_s=0.5
     )
-    assert 0 <= lag < 60
+    assert lag < 60  # blocks follow the clock; lag is clamped at 0, so only the top can fail
     assert await query(prometheus, 'up{job="core-plays-consumer"}') == 1
 
 

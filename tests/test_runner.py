@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devnet import ChainSpec, DevChain, Faults
 from consumer.metrics import Metrics
-from tests.conftest import DevnetFactory, eventually, run_consumer
+from tests.conftest import Consumer, DevnetFactory, eventually, run_consumer
 from tests.reference import expected_rows, malformed_tx_hashes, play_tx_hashes, plays_rows
 
 COUNT_TRIGGER = """
@@ -215,9 +215,13 @@ async def test_catching_up_commits_many_blocks_per_transaction(
 async def test_at_the_tip_every_block_commits_on_its_own(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
-    """One block every 200 ms, each written long before the next: batches of one."""
-    devnet = await devnet_factory(height=5, block_interval_s=0.2, max_height=25)
-    metrics = Metrics(CollectorRegistry())
-    await run_consumer(devnet.url, database, metrics, from_height=1, to_height=25)
-    assert batches(metrics, le="1.0") >= 20  # blocks 6..25, one commit each
-    assert batches(metrics) - batches(metrics, le="1.0") <= 2  # 1..5 caught up in 1 or 2
+    """Each block is produced once the one before is written: batches of one."""
+    devnet = await devnet_factory(height=5)
+    consumer = Consumer(devnet.url, database, from_height=1, to_height=25)
+    await consumer.reach(5)
+    for height in range(6, 26):
+        await devnet.advance()
+        await consumer.reach(height)
+    await consumer.task
+    assert batches(consumer.metrics, le="1.0") >= 20  # blocks 6..25, one commit each
+    assert batches(consumer.metrics) - batches(consumer.metrics, le="1.0") <= 2  # 1..5
