@@ -206,7 +206,7 @@ def main() -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a short run for the test suite (15,000 blocks, frequent faults)",
+        help="a short run for the test suite (5,000 blocks, frequent faults)",
     )
     parser.add_argument(
         "--database-url",
@@ -216,7 +216,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.quick:
-        args.blocks, args.fault_interval_s, args.sample_s = 15_000, 0.3, 0.2
+        args.blocks, args.fault_interval_s, args.sample_s = 5_000, 0.3, 0.2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     return asyncio.run(soak(args))
 
