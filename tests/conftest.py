@@ -206,12 +206,21 @@ DISCOVERY_SQL = (FIXTURES / "discovery_plays.sql").read_text() + (
 ).read_text()
 
 
-@pytest.fixture
-def discovery(empty_database: str) -> str:
-    """A database shaped like a live discovery/api one: plays with history and on_play."""
-    with psycopg.connect(empty_database, autocommit=True) as conn:
+@pytest.fixture(scope="session")
+def discovery_template(databases: TestDatabases) -> str:
+    """An empty database given DISCOVERY_SQL once, for `discovery` to copy."""
+    name = databases.empty()
+    with psycopg.connect(db_url(name), autocommit=True) as conn:
         conn.execute(DISCOVERY_SQL)
-    return empty_database
+    return name
+
+
+@pytest.fixture
+def discovery(databases: TestDatabases, discovery_template: str) -> Iterator[str]:
+    """A database shaped like a live discovery/api one: plays with history and on_play."""
+    name = databases.take(discovery_template)
+    yield db_url(name)
+    databases.drop(name)
 
 
 @pytest.fixture

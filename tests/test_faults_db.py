@@ -69,15 +69,15 @@ async def test_a_database_outage_is_retried_reported_not_ready_and_survived(
 async def test_connections_cut_in_the_middle_of_a_catch_up_lose_nothing(
     devnet_factory: DevnetFactory, database: str, db_proxy: TcpProxy
 ) -> None:
-    devnet = await devnet_factory(height=3000)
+    devnet = await devnet_factory(height=1500)
     consumer = Consumer(devnet.url, through(db_proxy, database), from_height=1, max_blocks=20)
-    for height in (300, 900, 1500):
+    for height in (300, 700, 1100):
         await consumer.reach(height)
         await cut_until_noticed(db_proxy, consumer)
-    await consumer.reach(3000, timeout_s=60)
+    await consumer.reach(1500, timeout_s=60)
     await consumer.finish()
     assert consumer.value("db_errors_total") >= 3
-    await assert_rows_exact(database, devnet, 3000)
+    await assert_rows_exact(database, devnet, 1500)
 
 
 async def test_a_real_server_restart_is_survived(
