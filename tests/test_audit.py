@@ -12,14 +12,10 @@ from consumer.devnet import DevChain, Faults
 from consumer.metrics import Metrics
 from consumer.model import DecodedBlock, Rpc
 from consumer.source import CoreClient
-from tests.conftest import DevnetFactory, make_settings, run_consumer
+from tests.conftest import DevnetFactory, make_settings, run_consumer, sample
 from tests.reference import expected_rows, plays_rows
 
 LAST = 120
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(f"core_plays_{name}", labels) or 0.0
 
 
 def dropped_play_txs(chain: DevChain, last: int) -> int:
