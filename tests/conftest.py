@@ -41,6 +41,21 @@ from consumer.runner import Runner
 from tests.databases import TestDatabases
 from tests.embedded_pg import EmbeddedPostgres, answers
 
+# The helpers test modules import (fixtures are found by pytest, not imported).
+__all__ = [
+    "ADMIN_URL",
+    "DISCOVERY_SQL",
+    "SHORTEST_RETRY_S",
+    "Consumer",
+    "DevnetFactory",
+    "assert_retries_back_off",
+    "eventually",
+    "make_settings",
+    "restart_server",
+    "run_consumer",
+    "sample",
+]
+
 # The PostgreSQL the suite uses. When nothing answers there (trust auth), the suite runs
 # one of its own (tests/embedded_pg.py) for the session and points ADMIN_URL at it;
 # test modules import ADMIN_URL after pytest_configure, so they see the final value.
