@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from consumer.config import OPTIONS, Option
 from consumer.devnet import DevnetServer
 from consumer.metrics import PREFIX, Metrics
+from tests.procs import clean_env
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 SHELL_BLOCKS = re.findall(r"^```sh\n(.*?)^```", README, re.MULTILINE | re.DOTALL)
@@ -81,7 +82,7 @@ async def test_the_plays_consumer_blocks_run_against_a_devnet(
     block: str, devnet: DevnetServer, empty_database: str
 ) -> None:
     """The operator's exported variables point it at a devnet and a fresh database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORE_PLAYS_")}
+    env = clean_env()
     env |= {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "CORE_PLAYS_CORE_URL": devnet.url,
