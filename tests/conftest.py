@@ -46,7 +46,6 @@ __all__ = [
     "ADMIN_URL",
     "DISCOVERY_SQL",
     "SHORTEST_RETRY_S",
-    "Consumer",
     "DevnetFactory",
     "assert_retries_back_off",
     "eventually",
@@ -363,27 +362,6 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     any comparison with it fails instead of passing on a default of zero."""
     value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
     return math.nan if value is None else value
-
-
-class Consumer:
-    """An in-process runner following a devnet until told to stop: for tests that
-    act while it runs (cut the database, flip node faults, watch its readiness)."""
-
-    def __init__(self, url: str, database: str, **overrides: Any) -> None:
-        self.metrics = Metrics(CollectorRegistry())
-        self.stop = asyncio.Event()
-        self.runner = Runner(make_settings(url, database, **overrides), self.metrics, self.stop)
-        self.task = asyncio.create_task(self.runner.run())
-
-    def value(self, name: str, **labels: str) -> float:
-        return sample(self.metrics, name, **labels)
-
-    async def reach(self, height: int, timeout_s: float = 15) -> None:
-        await eventually(lambda: self.value("processed_height") >= height, timeout_s=timeout_s)
-
-    async def finish(self) -> None:
-        self.stop.set()
-        await self.task
 
 
 # The shortest wait any retry makes: the first backoff delay with its jitter all taken

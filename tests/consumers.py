@@ -1,5 +1,8 @@
 """Helpers for tests that run the consumer in-process against a real database.
 
+(What the plays table must hold, and the aggregate checks, are in tests/reference.py;
+metric samples come from conftest.sample.)
+
 `Consumer` follows a devnet until told to stop; `BusyServer` stands in front of
 PostgreSQL and answers the first connections the way a server with every
 connection slot taken does (FATAL 53300), then lets connections through.
@@ -9,25 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import struct
-from collections import Counter
 from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry
 
 from consumer.config import Settings
-from consumer.devnet import DevnetServer
 from consumer.metrics import Metrics
 from consumer.runner import Runner
-from tests.conftest import eventually, make_settings
-from tests.reference import expected_rows, plays_rows
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
-    return math.nan if value is None else value
+from tests.conftest import eventually, make_settings, sample
 
 
 class Consumer:
@@ -56,39 +50,6 @@ async def query(database: str, sql: str, *params: object) -> list[tuple[Any, ...
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         cur = await conn.execute(sql, params or None)
         return await cur.fetchall() if cur.description else []
-
-
-async def assert_rows_exact(database: str, devnet: DevnetServer, last: int) -> None:
-    async with await psycopg.AsyncConnection.connect(database) as conn:
-        assert await plays_rows(conn) == expected_rows(devnet.chain, 1, last)
-
-
-async def new_plays(database: str) -> Counter[tuple[Any, ...]]:
-    """The plays rows the consumer wrote (a discovery database also holds legacy rows)."""
-    async with await psycopg.AsyncConnection.connect(database) as conn:
-        rows = await plays_rows(conn)
-    return Counter(
-        {r: n for r, n in rows.items() if r[4] is None or not str(r[4]).startswith("legacy-")}
-    )
-
-
-async def assert_aggregates_exact(database: str) -> None:
-    """aggregate_plays and the monthly aggregate equal the plays actually present."""
-    [(plays_off,)] = await query(
-        database,
-        """SELECT count(*) FROM (SELECT play_item_id, count(*) AS n FROM plays GROUP BY 1) p
-           FULL JOIN aggregate_plays a USING (play_item_id) WHERE p.n IS DISTINCT FROM a.count""",
-    )
-    [(monthly_off,)] = await query(
-        database,
-        """SELECT count(*) FROM (
-             SELECT play_item_id, date_trunc('month', created_at)::date AS m,
-                    coalesce(country, '') AS country, count(*) AS n FROM plays GROUP BY 1, 2, 3
-           ) p FULL JOIN aggregate_monthly_plays a
-             ON a.play_item_id = p.play_item_id AND a."timestamp" = p.m AND a.country = p.country
-           WHERE p.n IS DISTINCT FROM a.count""",
-    )
-    assert (plays_off, monthly_off) == (0, 0)
 
 
 def _error_response(sqlstate: str, message: str) -> bytes:

@@ -14,7 +14,8 @@ from consumer.devnet import DevChain, Faults
 from consumer.errors import ChainMismatch, CheckpointMissing
 from consumer.lease import lock_key
 from consumer.metrics import Metrics
-from tests.conftest import Consumer, DevnetFactory, eventually, run_consumer
+from tests.conftest import DevnetFactory, eventually, run_consumer
+from tests.consumers import Consumer
 from tests.reference import assert_aggregates_exact, expected_rows, new_plays
 
 

@@ -8,7 +8,8 @@ import psycopg
 
 from consumer._pb.core.v1 import types_pb2
 from consumer.devnet import ChainSpec, DevChain, GeneratedTx, Profile, TxKind
-from tests.conftest import Consumer, DevnetFactory
+from tests.conftest import DevnetFactory
+from tests.consumers import Consumer
 from tests.procs import flags, run_once
 
 # 30 transactions of 2,000 plays: about 5 MB a block, past gRPC's 4 MB default.

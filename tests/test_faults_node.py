@@ -13,13 +13,13 @@ from consumer._pb.core.v1 import types_pb2
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults, Profile
 from consumer.errors import ChainMismatch
 from tests.conftest import (
-    Consumer,
     DevnetFactory,
     assert_retries_back_off,
     eventually,
     run_consumer,
     sample,
 )
+from tests.consumers import Consumer
 from tests.reference import assert_rows_exact
 
 

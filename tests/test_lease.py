@@ -14,8 +14,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from consumer.lease import Holder, find_holder, lock_key
 from consumer.writer import Writer
 from tests.conftest import ADMIN_URL, DevnetFactory, eventually
-from tests.consumers import Consumer, assert_rows_exact, query
+from tests.consumers import Consumer, query
 from tests.proxy import TcpProxy
+from tests.reference import assert_rows_exact
 
 
 async def holder(database: str, chain_id: str, stream: str = "live") -> Holder | None:

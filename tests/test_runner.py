@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from consumer.devnet import ChainSpec, DevChain, Faults
 from consumer.metrics import Metrics
-from tests.conftest import Consumer, DevnetFactory, eventually, run_consumer
+from tests.conftest import DevnetFactory, eventually, run_consumer
+from tests.consumers import Consumer
 from tests.reference import expected_rows, malformed_tx_hashes, play_tx_hashes, plays_rows
 
 COUNT_TRIGGER = """

@@ -14,16 +14,10 @@ from consumer.metrics import Metrics
 from consumer.model import DifferenceKind
 from consumer.source import CoreClient
 from consumer.verify import VerifyReport, verify_range
-from tests.conftest import DevnetFactory, make_settings, run_consumer
+from tests.conftest import DevnetFactory, make_settings, run_consumer, sample
 from tests.reference import expected_rows, plays_rows
 
 LAST = 150
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(f"core_plays_{name}", labels)
-    assert value is not None, f"{name}{labels} is not exported"
-    return value
 
 
 def first_play_txs(chain: DevChain, last: int) -> int:
