@@ -1,4 +1,4 @@
-"""The one-shot commands: `migrate`, `status` and `quarantine`."""
+"""The one-shot commands: `migrate`, `status`, `quarantine` and `reasons`."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ __all__ = [
     "STATUS_NODE_UNREACHABLE",
     "STATUS_NOT_OK",
     "STATUS_OK",
+    "format_reasons",
     "format_status",
     "migrate_command",
     "quarantine_command",
+    "reasons_command",
     "status_command",
 ]
 
@@ -292,3 +294,83 @@ async def quarantine_command(
         pending = sum(1 for row in rows if row[6] == "PENDING")
         print(f"{len(rows)} quarantined, {pending} set aside and not yet written")
         return 1 if pending else 0
+
+
+_REASONS = """
+SELECT 'skipped', r.key, sum(r.value::bigint) FROM core_plays.tx_ledger l,
+       jsonb_each_text(l.skip_reasons) AS r
+WHERE l.chain_id = %(chain)s AND l.block_height BETWEEN %(low)s AND %(high)s
+  AND l.skip_reasons IS NOT NULL
+GROUP BY 2
+UNION ALL
+SELECT 'repaired', r.key, sum(r.value::bigint) FROM core_plays.tx_ledger l,
+       jsonb_each_text(l.repair_reasons) AS r
+WHERE l.chain_id = %(chain)s AND l.block_height BETWEEN %(low)s AND %(high)s
+  AND l.repair_reasons IS NOT NULL
+GROUP BY 2
+UNION ALL
+SELECT 'quarantined',
+       CASE WHEN kind = 'refused' AND written_at IS NOT NULL THEN 'refused, since written'
+            WHEN kind = 'refused' THEN 'refused, set aside'
+            WHEN tx_index = -1 THEN 'undecodable block'
+            ELSE 'undecodable transaction' END,
+       count(*)
+FROM core_plays.quarantine
+WHERE chain_id = %(chain)s AND block_height BETWEEN %(low)s AND %(high)s
+GROUP BY 2
+UNION ALL
+SELECT 'written', 'plays', coalesce(sum(play_count), 0) FROM core_plays.tx_ledger
+WHERE chain_id = %(chain)s AND block_height BETWEEN %(low)s AND %(high)s
+"""
+
+
+async def reasons_command(
+    settings: Settings, chain_id: str | None, low: int, high: int
+) -> dict[str, Any]:
+    """What was not written as it came, and why, over heights low..high: skips and
+    repairs by reason (kept per transaction in the ledger, so replays never count
+    twice) and quarantined transactions by kind."""
+    sink = settings.sink
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    async with conn:
+        with explain_database_errors(sink.safe_url):
+            if chain_id is None:
+                cur = await conn.execute(
+                    "SELECT DISTINCT chain_id FROM core_plays.checkpoint ORDER BY 1"
+                )
+                chains = [row[0] for row in await cur.fetchall()]
+                if len(chains) != 1:
+                    raise ConfigError(
+                        f"the database holds chains {', '.join(chains) or '(none)'}: "
+                        "choose one with --chain-id"
+                    )
+                chain_id = chains[0]
+            cur = await conn.execute(_REASONS, {"chain": chain_id, "low": low, "high": high})
+            rows = await cur.fetchall()
+    report: dict[str, Any] = {
+        "chain_id": chain_id,
+        "from_height": low,
+        "to_height": high,
+        "plays_written": 0,
+        "skipped": {},
+        "repaired": {},
+        "quarantined": {},
+    }
+    for section, key, total in rows:
+        if section == "written":
+            report["plays_written"] = int(total)
+        else:
+            report[section][key] = int(total)
+    return report
+
+
+def format_reasons(report: dict[str, Any]) -> str:
+    lines = [
+        f"chain {report['chain_id']} heights {report['from_height']}..{report['to_height']}: "
+        f"{report['plays_written']} plays written"
+    ]
+    for section in ("skipped", "repaired", "quarantined"):
+        counts: dict[str, int] = report[section]
+        listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+        lines.append(f"{section}: {listed}")
+    return "\n".join(lines)

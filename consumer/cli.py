@@ -189,6 +189,17 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     )
     quarantine.set_defaults(handler=_quarantine)
 
+    reasons = sub.add_parser(
+        "reasons",
+        help="plays skipped and repaired by reason, and quarantined by kind, over a height range",
+    )
+    reasons.add_argument(
+        "--chain-id", help="the chain to report [default: the only chain with checkpoints]"
+    )
+    reasons.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(reasons, (*DATABASE, "from-height", "to-height"))
+    reasons.set_defaults(handler=_reasons)
+
     devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
     _add_devnet_options(devnet)
     devnet.add_argument("--listen", default="127.0.0.1:50051", help="host:port to serve on")
@@ -455,6 +466,16 @@ def _quarantine(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(
         quarantine_command(settings, args.action, args.chain_id, args.height, args.tx_index)
     )
+
+
+def _reasons(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.admin import format_reasons, reasons_command
+
+    low = settings.from_height or 1
+    high = settings.to_height if settings.to_height is not None else 2**62
+    report = asyncio.run(reasons_command(settings, args.chain_id, low, high))
+    print(json.dumps(report, indent=2) if args.json else format_reasons(report))
+    return 0
 
 
 def _devnet(args: argparse.Namespace, settings: Settings) -> int:

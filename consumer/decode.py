@@ -161,6 +161,7 @@ def decode_steps(block: Block, first_index: int = 0) -> Generator[int, None, Dec
         tx_types[kind] = tx_types.get(kind, 0) + 1
         if kind == "plays":
             tx_skips: _Counts = {}
+            tx_repairs: _Repairs = {}
             rows: list[PlayRow] = []
             tx_skipped = 0
             tx_plays = signed.plays.plays
@@ -170,11 +171,17 @@ def decode_steps(block: Block, first_index: int = 0) -> Generator[int, None, Dec
                     if len(tx_plays) <= _STEP_PLAYS
                     else tx_plays[start : start + _STEP_PLAYS]
                 )
-                tx_skipped += _decode_plays(part, block_time, tx_skips, repaired, rows)
+                tx_skipped += _decode_plays(part, block_time, tx_skips, tx_repairs, rows)
                 yield plays + len(rows)
             for reason, count in tx_skips.items():
                 skipped[reason] = skipped.get(reason, 0) + count
-            txs.append(DecodedTx(tx_index, tx_hash, tuple(rows), tx_skipped, tx_skips, raw.data))
+            for fix, count in tx_repairs.items():
+                repaired[fix] = repaired.get(fix, 0) + count
+            txs.append(
+                DecodedTx(
+                    tx_index, tx_hash, tuple(rows), tx_skipped, tx_skips, raw.data, tx_repairs
+                )
+            )
             plays += len(rows)
 
     return DecodedBlock(

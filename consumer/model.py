@@ -143,6 +143,9 @@ class DecodedTx:
     # The SignedTransaction bytes as the node sent them (the same object, not a
     # copy): a transaction PostgreSQL refuses is set aside with them.
     data: bytes = b""
+    # Plays written with a substituted value, by reason, kept per transaction for
+    # the same reason as skip_reasons (`plays-consumer reasons` totals both).
+    repair_reasons: Mapping[RepairReason, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

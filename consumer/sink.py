@@ -40,6 +40,7 @@ from consumer.model import (
     DecodedBlock,
     DecodedTx,
     PlayRow,
+    RepairReason,
     Rpc,
     SkipReason,
 )
@@ -61,7 +62,7 @@ _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_staged_txs (
     batch_tx int NOT NULL, height bigint NOT NULL, tx_index int NOT NULL,
     tx_hash text NOT NULL, play_count int NOT NULL, skipped_count int NOT NULL,
-    skip_reasons text, rpc text NOT NULL, block_hash text NOT NULL
+    skip_reasons text, rpc text NOT NULL, block_hash text NOT NULL, repair_reasons text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_staged_plays (
     play_no int NOT NULL, batch_tx int NOT NULL, user_id int, play_item_id int NOT NULL,
@@ -72,8 +73,9 @@ CREATE TEMP TABLE IF NOT EXISTS pg_temp.core_plays_staged_plays (
 # Between the parts of one large block, inside its transaction.
 _CLEAR_STAGING = "TRUNCATE pg_temp.core_plays_staged_txs, pg_temp.core_plays_staged_plays"
 _COPY_TXS = """COPY pg_temp.core_plays_staged_txs (batch_tx, height, tx_index, tx_hash,
-    play_count, skipped_count, skip_reasons, rpc, block_hash) FROM STDIN (FORMAT BINARY)"""
-_TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text", "text", "text")
+    play_count, skipped_count, skip_reasons, rpc, block_hash, repair_reasons)
+    FROM STDIN (FORMAT BINARY)"""
+_TX_TYPES = ("int4", "int8", "int4", "text", "int4", "int4", "text", "text", "text", "text")
 # The column order after (play_no, batch_tx) is PlayRow's, so a staged row is
 # (play_no, batch_tx) + play.
 _COPY_PLAYS = """COPY pg_temp.core_plays_staged_plays (play_no, batch_tx, user_id, play_item_id,
@@ -89,9 +91,9 @@ _INSERT_LEDGER_AND_PLAYS = """
 WITH new AS (
     INSERT INTO core_plays.tx_ledger
         (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, skip_reasons,
-         rpc, block_hash)
+         rpc, block_hash, repair_reasons)
     SELECT %(chain)s, height, tx_index, tx_hash, play_count, skipped_count, skip_reasons::jsonb,
-           rpc, block_hash
+           rpc, block_hash, repair_reasons::jsonb
     FROM pg_temp.core_plays_staged_txs ORDER BY batch_tx
     ON CONFLICT (chain_id, tx_hash) DO NOTHING
     RETURNING block_height, tx_index, tx_hash
@@ -294,6 +296,7 @@ def _tx_to_json(tx: DecodedTx, block: DecodedBlock) -> str:
             "rpc": str(block.via),
             "skipped": tx.skipped,
             "skip_reasons": {str(k): v for k, v in tx.skip_reasons.items()},
+            "repair_reasons": {str(k): v for k, v in tx.repair_reasons.items()},
             "plays": [[*p[:2], p.created_at.isoformat(), *p[3:]] for p in tx.plays],
         }
     )
@@ -305,7 +308,8 @@ def _tx_from_json(tx_index: int, data: bytes, stored: dict[str, Any]) -> Decoded
         for u, t, c, g, ci, r, co in stored["plays"]
     )
     reasons = {SkipReason(k): int(v) for k, v in stored["skip_reasons"].items()}
-    return DecodedTx(tx_index, stored["tx_hash"], plays, stored["skipped"], reasons, data)
+    repairs = {RepairReason(k): int(v) for k, v in stored.get("repair_reasons", {}).items()}
+    return DecodedTx(tx_index, stored["tx_hash"], plays, stored["skipped"], reasons, data, repairs)
 
 
 class PlaysSink:
@@ -567,8 +571,9 @@ class PlaysSink:
         return done
 
 
-# batch_tx, height, tx_index, hash, play_count, skipped_count, skip_reasons, rpc, block_hash
-_TxRow = tuple[int, int, int, str, int, int, str | None, str, str]
+# batch_tx, height, tx_index, hash, play_count, skipped_count, skip_reasons, rpc,
+# block_hash, repair_reasons
+_TxRow = tuple[int, int, int, str, int, int, str | None, str, str, str | None]
 # height, tx_index, hash, data, error, kind, retry_rows (JSON, set-aside only)
 _QuarantineRow = tuple[int, int, str, bytes, str, str, str | None]
 # height, tx_index, hash, data, error, and the refused transaction itself
@@ -622,6 +627,7 @@ def _stage(batch: list[DecodedBlock]) -> _Staged:
                     reasons,
                     rpc,
                     block_hash,
+                    json.dumps(tx.repair_reasons) if tx.repair_reasons else None,
                 )
             )
             n = len(plays)

@@ -470,9 +470,10 @@ def test_plays_transaction_whose_plays_are_all_skipped_still_yields_a_ledger_ent
 
 
 def test_plays_transaction_with_no_plays_yields_an_empty_ledger_entry() -> None:
-    decoded = decode_block(make_block(plays_tx()))
+    block = make_block(plays_tx())
+    decoded = decode_block(block)
 
-    assert decoded.txs == (DecodedTx(0, "HASH0", (), 0),)
+    assert decoded.txs == (DecodedTx(0, "HASH0", (), 0, data=block.txs[0].data),)
     assert decoded.tx_types == {"plays": 1}
 
 
@@ -744,3 +745,17 @@ def decode_block_from(block: Block, first_index: int) -> DecodedBlock:
         except StopIteration as done:
             decoded: DecodedBlock = done.value
             return decoded
+
+
+def test_repairs_are_kept_per_transaction_and_add_up_to_the_block() -> None:
+    first = plays_tx(make_play(timestamp=None), make_play(timestamp=None))
+    second = plays_tx(make_play(user_id="99999999999"))
+    decoded = decode_block(make_block(first, second))
+    assert [dict(tx.repair_reasons) for tx in decoded.txs] == [
+        {RepairReason.TIMESTAMP_MISSING: 2},
+        {RepairReason.USER_ID_OUT_OF_RANGE: 1},
+    ]
+    assert dict(decoded.repaired) == {
+        RepairReason.TIMESTAMP_MISSING: 2,
+        RepairReason.USER_ID_OUT_OF_RANGE: 1,
+    }
