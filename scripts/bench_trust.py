@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_trust.py                 # default sizes, ~15 minutes
     .venv/bin/python scripts/bench_trust.py --quick         # small, seconds (the test runs it)
     .venv/bin/python scripts/bench_trust.py --empty-blocks 200000 --tip-s 90 --rounds 2
+    .venv/bin/python scripts/bench_trust.py --part tip --audit-interval-s 15  # one measurement
 
 Three measurements, each printed as figures (the targets of issue 11 are judged
 here, never by timed assertions in the tests):
@@ -211,6 +212,7 @@ class Consumer:
     def __init__(self, argv: list[str], out: IO[bytes], err: IO[bytes]) -> None:
         self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cpu_s = math.nan
         self._out = out
         self._err = err
 
@@ -228,8 +230,11 @@ class Consumer:
     async def wait(self) -> tuple[int, float]:
         """(exit code, time.time() of the exit)."""
         assert self.proc is not None
-        code = await asyncio.to_thread(self.proc.wait)
-        return code, time.time()
+        # wait4: the exit status and the child's whole CPU time, start-up included.
+        _, status, usage = await asyncio.to_thread(os.wait4, self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        return self.proc.returncode, time.time()
 
     async def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not go within 15 s."""
@@ -273,10 +278,11 @@ async def consumer(command: str, core_url: str, db_url: str, *args: str) -> Asyn
             child.close()
 
 
-async def _checked(child: Consumer) -> float:
+async def _checked(child: Consumer, figures: Bounded) -> float:
     code, exited = await child.wait()
     if code != 0:
         raise RuntimeError(f"{' '.join(child.argv[3:5])} exited {code}:\n{child.output()}")
+    figures.cpu_s = child.cpu_s
     return exited
 
 
@@ -291,6 +297,11 @@ class Bounded:
     to_commit_s: float = math.nan
     to_exit_s: float = math.nan
     cpu_s: float = math.nan
+
+    @property
+    def cpu_per_1k(self) -> float:
+        """Whole-process CPU seconds per 1,000 blocks (start-up included)."""
+        return self.cpu_s / self.blocks * 1000
 
     @property
     def commit_rate(self) -> float:
@@ -310,7 +321,7 @@ async def timed_catch_up(
     async with server, watching_commits(url) as commits:
         run_args = ("--from-height", "1", "--to-height", str(blocks), *args)
         async with consumer("run", server.url, url, *run_args) as child:
-            exited = await _checked(child)
+            exited = await _checked(child, figures)
     started = min(server.served.values())
     figures.to_commit_s = commits.at(blocks) - started
     figures.to_exit_s = exited - started
@@ -324,7 +335,7 @@ async def timed_verify(chain: DevChain, blocks: int, url: str) -> Bounded:
     async with server:
         verify_args = ("--from-height", "1", "--to-height", str(blocks))
         async with consumer("verify", server.url, url, *verify_args) as child:
-            exited = await _checked(child)
+            exited = await _checked(child, figures)
     figures.to_exit_s = exited - min(server.served.values())
     return figures
 
@@ -368,8 +379,18 @@ class CatchUpAudit:
     def rate(self, audit: bool, commit: bool) -> float:
         return self._total(self.audit if audit else self.no_audit, commit)
 
+    def cpu_per_1k(self, audit: bool) -> float:
+        runs = self.audit if audit else self.no_audit
+        return sum(r.cpu_s for r in runs) / sum(r.blocks for r in runs) * 1000
+
     def ratio(self, commit: bool) -> float:
         return self.rate(True, commit) / self.rate(False, commit)
+
+
+def audit_flags(audit: bool, interval_s: float | None) -> list[str]:
+    if not audit:
+        return ["--no-audit"]
+    return [] if interval_s is None else ["--audit-interval-s", f"{interval_s:g}"]
 
 
 def _orders(rounds: int) -> list[bool]:
@@ -380,17 +401,19 @@ def _orders(rounds: int) -> list[bool]:
     return out
 
 
-async def audit_catch_up(dbs: Databases, spec: ChainSpec, blocks: int, rounds: int) -> CatchUpAudit:
+async def audit_catch_up(
+    dbs: Databases, spec: ChainSpec, blocks: int, rounds: int, interval_s: float | None
+) -> CatchUpAudit:
     chain = ServedChain(spec, blocks)
     figures = CatchUpAudit(blocks)
     for audit in _orders(rounds):
         url = await dbs.fresh()
-        run, _ = await timed_catch_up(chain, blocks, url, *([] if audit else ["--no-audit"]))
+        run, _ = await timed_catch_up(chain, blocks, url, *audit_flags(audit, interval_s))
         (figures.audit if audit else figures.no_audit).append(run)
         _progress(
             f"catch-up {'with' if audit else 'without'} the audit: "
             f"{_fmt(run.commit_rate)} blocks/s to the last commit, "
-            f"{_fmt(run.exit_rate)} to the exit"
+            f"{_fmt(run.exit_rate)} to the exit, {run.cpu_s:.2f} CPU s"
         )
     return figures
 
@@ -430,14 +453,20 @@ class TipFigures:
 
 
 async def tip_window(
-    dbs: Databases, spec: ChainSpec, audit: bool, seconds: float, interval_s: float, warmup_s: float
+    dbs: Databases,
+    spec: ChainSpec,
+    audit: bool,
+    seconds: float,
+    interval_s: float,
+    warmup_s: float,
+    audit_interval_s: float | None,
 ) -> TipWindow:
     """Follow a growing chain; CPU and blocks committed over `seconds` after warm-up."""
     start = 20
     server = DevnetServer(DevChain(spec), height=start, block_interval_s=interval_s)
     url = await dbs.fresh()
     async with server, watching_commits(url) as commits:
-        args = ["--from-height", "1", *([] if audit else ["--no-audit"])]
+        args = ["--from-height", "1", *audit_flags(audit, interval_s=audit_interval_s)]
         async with consumer("run", server.url, url, *args) as child:
             began = time.monotonic()
             while commits.height < server.head - 1 or time.monotonic() - began < warmup_s:
@@ -463,7 +492,9 @@ async def audit_at_tip(
 ) -> TipFigures:
     figures = TipFigures(label, args.tip_s)
     for audit in _orders(args.rounds):
-        window = await tip_window(dbs, spec, audit, args.tip_s, args.tip_interval_s, args.warmup_s)
+        window = await tip_window(
+            dbs, spec, audit, args.tip_s, args.tip_interval_s, args.warmup_s, args.audit_interval_s
+        )
         (figures.audit if audit else figures.no_audit).append(window)
     return figures
 
@@ -502,7 +533,9 @@ def report(
         lines.append(
             f"verify {v.profile.value}: {v.run.blocks:,} blocks; "
             f"run {_fmt(v.run.commit_rate)} blocks/s (to its exit {_fmt(v.run.exit_rate)}); "
-            f"verify {_fmt(v.verify.exit_rate)} blocks/s; verify/run {_fmt(v.ratio, 2)}"
+            f"verify {_fmt(v.verify.exit_rate)} blocks/s; verify/run {_fmt(v.ratio, 2)}; "
+            f"CPU s per 1k blocks run {_fmt(v.run.cpu_per_1k, 3)}, "
+            f"verify {_fmt(v.verify.cpu_per_1k, 3)}"
         )
     for t in tips:
         lines.append(
@@ -517,7 +550,9 @@ def report(
         f"blocks/s to the last commit with the audit {_fmt(catch_up.rate(True, True))}, "
         f"without {_fmt(catch_up.rate(False, True))}, ratio {_fmt(catch_up.ratio(True), 2)}; "
         f"to the exit with the audit {_fmt(catch_up.rate(True, False))}, "
-        f"without {_fmt(catch_up.rate(False, False))}, ratio {_fmt(catch_up.ratio(False), 2)}"
+        f"without {_fmt(catch_up.rate(False, False))}, ratio {_fmt(catch_up.ratio(False), 2)}; "
+        f"CPU s per 1k blocks with the audit {_fmt(catch_up.cpu_per_1k(True), 3)}, "
+        f"without {_fmt(catch_up.cpu_per_1k(False), 3)}"
     )
     return "\n".join(lines)
 
@@ -535,6 +570,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--tip-interval-s", type=float, default=1.0, help="block interval at tip")
     parser.add_argument("--rounds", type=int, default=2, help="audit/no-audit rounds (AB, BA, ...)")
+    parser.add_argument(
+        "--audit-interval-s",
+        type=float,
+        help="passed to run when the audit is on (default: run's own default)",
+    )
     parser.add_argument("--busy-txs", type=int, default=2, help="play txs per busy tip block")
     parser.add_argument("--busy-plays", type=int, default=50, help="plays per busy tip tx")
     parser.add_argument(
@@ -587,7 +627,9 @@ async def measure(
         busy_label = f"busy ({args.busy_txs * args.busy_plays} plays a block)"
         tips.append(await audit_at_tip(dbs, busy_label, busy, args))
     if "catch-up" in parts:
-        catch_up = await audit_catch_up(dbs, typical, args.typical_blocks, args.rounds)
+        catch_up = await audit_catch_up(
+            dbs, typical, args.typical_blocks, args.rounds, args.audit_interval_s
+        )
     print(f"command: {shown_command(argv)}")
     print(f"load average: before {before}, after {load_average()} ({os.cpu_count()} CPUs)")
     print(report(verified, tips, catch_up, args))

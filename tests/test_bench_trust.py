@@ -58,6 +58,7 @@ def test_quick_mode_prints_run_and_verify_rates_and_their_ratio(
 ) -> None:
     text = line(quick_report, f"verify {profile}:")
     figures_after(text, "run", "to its exit", "verify", "verify/run")
+    figures_after(text, "CPU s per 1k blocks run", "verify")
 
 
 @pytest.mark.slow
@@ -72,6 +73,7 @@ def test_quick_mode_prints_catch_up_with_and_without_the_audit(quick_report: str
     text = line(quick_report, "catch-up typical:")
     figures_after(text, "with the audit", "without", "ratio")
     assert len(re.findall(r"ratio " + NUMBER, text)) == 2  # to the last commit and to the exit
+    figures_after(text, "CPU s per 1k blocks with the audit", "without")
 
 
 @pytest.mark.slow
