@@ -28,19 +28,13 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from psycopg.rows import TupleRow
 
-from consumer.compare import Difference, Findings, compare_blocks
+from consumer.compare import Findings, compare_blocks
 from consumer.config import SourceMode, SourceSettings
 from consumer.database import SESSION_OPTIONS
-from consumer.decode import (
-    LARGE_BLOCK_BYTES,
-    LARGE_BLOCK_PART_BYTES,
-    block_parts,
-    decode_block,
-    wire_bytes,
-)
+from consumer.decode import LARGE_BLOCK_BYTES, decode_block, plays_positions, wire_bytes
 from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
-from consumer.model import Block, DecodedBlock, DifferenceKind, Rpc
+from consumer.model import Block, DecodedBlock, DecodedTx, DifferenceKind, Rpc
 from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
 from consumer.verify import read_written, record_differences
@@ -175,56 +169,32 @@ class Auditor:
         while self._pending:
             low, high = self._pending[0]
             high = min(high, low + _WINDOW - 1)
-            blocks: list[DecodedBlock] = []
+            chunk: list[Block] = []
+            size = 0
             async for block in self._source.blocks(low, high):  # waits, never skips
-                if wire_bytes(block) > LARGE_BLOCK_BYTES:
-                    if blocks:
-                        await self._compare(conn, blocks)
-                        blocks = []
-                    await self._compare_large(conn, block)
-                else:
-                    blocks.append(decode_block(block))
-            if blocks:
-                await self._compare(conn, blocks)
+                chunk.append(block)
+                size += wire_bytes(block)
+                if size >= LARGE_BLOCK_BYTES:  # held raw: a few MB, or one big block
+                    await self._compare(conn, chunk)
+                    chunk, size = [], 0
+            if chunk:
+                await self._compare(conn, chunk)
             self._remove(low, high)
             self._advance()
 
-    async def _compare(
-        self, conn: psycopg.AsyncConnection[TupleRow], blocks: list[DecodedBlock]
-    ) -> None:
+    async def _compare(self, conn: psycopg.AsyncConnection[TupleRow], blocks: list[Block]) -> None:
+        """Hashes of the re-read blocks' plays transactions against the ledger; only a
+        transaction found missing is decoded, to be written."""
+        thin = [_thin(block) for block in blocks]
         ledger, elsewhere, quarantined, _ = await read_written(
-            conn, self.chain_id, blocks, rows=False
+            conn, self.chain_id, thin, rows=False
         )
-        found = compare_blocks(blocks, ledger, elsewhere, quarantined, plays=None)
+        found = compare_blocks(thin, ledger, elsewhere, quarantined, plays=None, play_counts=False)
+        by_height = {block.height: block for block in blocks}
+        found.missing = [
+            _decoded(by_height[thin_block.height], thin_block) for thin_block in found.missing
+        ]
         await self._act(conn, found, blocks[0].height, blocks[-1].height)
-
-    async def _compare_large(self, conn: psycopg.AsyncConnection[TupleRow], block: Block) -> None:
-        """One large block, a part at a time: never held decoded whole (as the writer)."""
-        ledger, elsewhere, quarantined, _ = await read_written(
-            conn, self.chain_id, [block], rows=False
-        )
-        seen: set[str] = set()
-        for part, first_index in block_parts(block, LARGE_BLOCK_PART_BYTES):
-            decoded = decode_block(part, first_index)
-            hashes = {tx.tx_hash for tx in decoded.txs}
-            seen |= hashes
-            mine = [entry for entry in ledger if entry.tx_hash in hashes]
-            found = compare_blocks([decoded], mine, elsewhere, quarantined, plays=None)
-            await self._act(conn, found, block.height, block.height)
-            await asyncio.sleep(0)  # a part is ~70 ms of decode: let the writer run
-        extra = Findings(
-            differences=[
-                Difference(
-                    DifferenceKind.EXTRA,
-                    block.height,
-                    entry.tx_hash,
-                    detail=f"written from {entry.rpc or 'a delivery'}, not in the block",
-                )
-                for entry in ledger
-                if entry.tx_hash not in seen
-            ]
-        )
-        await self._act(conn, extra, block.height, block.height)
 
     async def _act(
         self, conn: psycopg.AsyncConnection[TupleRow], found: Findings, low: int, high: int
@@ -296,3 +266,20 @@ class Auditor:
             self.audited_height = max(self.audited_height, frontier)
             self._shown = float(self.audited_height)
             self.metrics.audited_height.set(self.audited_height)
+
+
+def _thin(block: Block) -> DecodedBlock:
+    """The block's plays transactions by position and hash, without their plays."""
+    txs = tuple(DecodedTx(index, tx_hash, (), 0) for index, tx_hash in plays_positions(block))
+    return DecodedBlock(block.height, block.hash, block.chain_id, None, txs, via=block.via)
+
+
+def _decoded(block: Block, missing: DecodedBlock) -> DecodedBlock:
+    """The missing transactions of `block`, decoded in full (each on its own)."""
+    txs: list[DecodedTx] = []
+    time = None
+    for tx in missing.txs:
+        one = decode_block(replace(block, txs=(block.txs[tx.tx_index],)), tx.tx_index)
+        txs.extend(one.txs)
+        time = one.time
+    return replace(missing, txs=tuple(txs), time=time)

@@ -10,7 +10,7 @@ from hashlib import sha256
 import pytest
 
 from consumer._pb.core.v1 import types_pb2
-from consumer.decode import block_parts, decode_block, decode_steps
+from consumer.decode import block_parts, decode_block, decode_steps, plays_positions
 from consumer.devnet import ChainSpec, DevChain, Profile
 from consumer.model import (
     Block,
@@ -759,3 +759,11 @@ def test_repairs_are_kept_per_transaction_and_add_up_to_the_block() -> None:
         RepairReason.TIMESTAMP_MISSING: 2,
         RepairReason.USER_ID_OUT_OF_RANGE: 1,
     }
+
+
+def test_plays_positions_are_the_decoded_plays_transactions_without_decoding_plays() -> None:
+    chain = DevChain(ChainSpec(profile=Profile.TYPICAL, max_txs_per_block=8))
+    for height in range(1, 80):
+        block = parse_block(chain.block_bytes(height, canon=True), height)
+        decoded = decode_block(block)
+        assert plays_positions(block) == [(tx.tx_index, tx.tx_hash) for tx in decoded.txs]
