@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry
 from consumer.config import Settings
 from consumer.metrics import Metrics
 from consumer.runner import Runner
+from consumer.source import CoreClient
+from consumer.verify import VerifyReport, verify_range
 from tests.conftest import eventually, make_settings, sample
 
 
@@ -123,3 +125,18 @@ class BusyServer:
         finally:
             with contextlib.suppress(Exception):
                 dst.transport.abort()
+
+
+async def verify_heights(
+    core_url: str, database: str, chain_id: str, first: int, last: int, repair: bool = False
+) -> VerifyReport:
+    """`verify` (or `verify --repair`) of heights first..last, in this process."""
+    settings = make_settings(core_url, database)
+    client = CoreClient(settings.source)
+    try:
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            return await verify_range(
+                client, conn, settings.source, chain_id, first, last, repair=repair
+            )
+    finally:
+        await client.close()

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from consumer.devnet import DevChain, DevnetServer, Faults
 from consumer.metrics import Metrics
 from consumer.model import DifferenceKind
-from consumer.source import CoreClient
-from consumer.verify import VerifyReport, verify_range
-from tests.conftest import DevnetFactory, make_settings, run_consumer, sample
+from consumer.verify import VerifyReport
+from tests.conftest import DevnetFactory, run_consumer, sample
+from tests.consumers import verify_heights
 from tests.reference import expected_rows, plays_rows
 
 LAST = 150
@@ -30,15 +30,8 @@ def multi_play_tx_blocks(chain: DevChain, last: int) -> int:
 
 
 async def verify(devnet: DevnetServer, database: str, repair: bool = False) -> VerifyReport:
-    settings = make_settings(devnet.url, database)
-    client = CoreClient(settings.source)
-    try:
-        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-            return await verify_range(
-                client, conn, settings.source, devnet.chain.spec.chain_id, 1, LAST, repair=repair
-            )
-    finally:
-        await client.close()
+    chain_id = devnet.chain.spec.chain_id
+    return await verify_heights(devnet.url, database, chain_id, 1, LAST, repair)
 
 
 async def rows_match(database: str, chain: DevChain) -> bool:

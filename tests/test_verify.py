@@ -17,9 +17,10 @@ from consumer.devnet import DevChain, DevnetServer
 from consumer.migrate import apply_migrations
 from consumer.model import DecodedBlock, Rpc
 from consumer.sink import PlaysSink
-from consumer.source import CoreClient, parse_block
-from consumer.verify import VerifyReport, verify_range
-from tests.conftest import DevnetFactory, make_settings, run_consumer
+from consumer.source import parse_block
+from consumer.verify import VerifyReport
+from tests.conftest import DevnetFactory, run_consumer
+from tests.consumers import verify_heights
 from tests.procs import flags, run_once
 from tests.reference import assert_aggregates_exact, expected_rows, plays_rows
 
@@ -55,15 +56,8 @@ async def write_delivered(
 async def verify(
     devnet: DevnetServer, database: str, repair: bool = False, last: int = LAST
 ) -> VerifyReport:
-    settings = make_settings(devnet.url, database)
-    client = CoreClient(settings.source)
-    try:
-        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
-            return await verify_range(
-                client, conn, settings.source, devnet.chain.spec.chain_id, 1, last, repair=repair
-            )
-    finally:
-        await client.close()
+    chain_id = devnet.chain.spec.chain_id
+    return await verify_heights(devnet.url, database, chain_id, 1, last, repair)
 
 
 def first_play_tx_dropped(chain: DevChain) -> set[str]:
