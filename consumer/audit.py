@@ -81,6 +81,7 @@ class Auditor:
             replace(source_settings, source_mode=SourceMode.POLL),
             Metrics(CollectorRegistry()),
             chain_id=chain_id,  # a re-read of another chain is refused, as the stream's is
+            quiet=True,
         )
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
         self._committed = 0
@@ -169,6 +170,7 @@ class Auditor:
         while self._pending:
             low, high = self._pending[0]
             high = min(high, low + _WINDOW - 1)
+            self._source.assume_head(self._committed)  # written, so the node has it
             chunk: list[Block] = []
             size = 0
             async for block in self._source.blocks(low, high):  # waits, never skips

@@ -152,7 +152,7 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
         "--print-grants",
         metavar="ROLE",
         help="print the GRANT statements a least-privilege ROLE needs for run, status and "
-        "gaps (after migrating), and change nothing",
+        "gaps (after migrating), and change nothing [default: off, migrate]",
     )
     migrate.set_defaults(handler=_migrate)
 

@@ -282,7 +282,10 @@ class CoreSource:
         backoff: Backoff | None = None,
         on_mode: Callable[[str], None] | None = None,
         chain_id: str = "",
+        quiet: bool = False,
     ) -> None:
+        """`quiet`: a reader that re-reads heights every few seconds (the audit) logs
+        its routine path changes at DEBUG, not INFO."""
         self.client = client
         self.settings = settings
         self.metrics = metrics
@@ -295,11 +298,17 @@ class CoreSource:
         self._sizer = WindowSizer(settings.poll_window)
         self._troubled_since: float | None = None  # the first error since the last block
         self._reopening = False  # the next stream follows silence at a quiet tip
+        self._routine = logging.DEBUG if quiet else logging.INFO
 
     async def head(self) -> int:
         head = await self.client.head()
         self._note_head(head)
         return head
+
+    def assume_head(self, height: int) -> None:
+        """The node has at least `height` (the caller saw it written): asking the
+        head again before reading up to it would be a wasted call."""
+        self._note_head(height)
 
     def _note_head(self, head: int) -> None:
         if head > 0:
@@ -456,7 +465,12 @@ class CoreSource:
         each sized by the WindowSizer to about its target bytes, and when single
         blocks are bigger than that, as few calls as keep it so (at least one).
         """
-        log.info("polling GetBlocks from height %d on %s", seq.next_height, self.client.url)
+        log.log(
+            self._routine,
+            "polling GetBlocks from height %d on %s",
+            seq.next_height,
+            self.client.url,
+        )
         settings = self.settings
         sizer = self._sizer
         inflight: deque[_Call] = deque()

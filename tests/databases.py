@@ -9,6 +9,7 @@ is WAL-logged page by page. Drops made at once share one checkpoint.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -22,19 +23,29 @@ __all__ = ["TestDatabases"]
 Connect = Callable[[], psycopg.Connection[Any]]
 
 
+def _on_the_server(admin: Connect, statement: str) -> None:
+    """Run one statement, waiting out a server restart: the restart tests restart the
+    server while copies and drops run behind on their threads."""
+    for attempt in range(60):
+        try:
+            with admin() as conn:
+                conn.execute(statement)
+            return
+        except psycopg.OperationalError:
+            if attempt == 59:
+                raise
+            time.sleep(0.5)
+
+
 def _create(admin: Connect, prefix: str, template: str | None) -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with admin() as conn:
-        if template is None:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        else:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    source = "" if template is None else f' TEMPLATE "{template}"'
+    _on_the_server(admin, f'CREATE DATABASE "{name}"{source}')
     return name
 
 
 def _drop(admin: Connect, name: str) -> None:
-    with admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _on_the_server(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class TestDatabases:
