@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -44,6 +45,7 @@ __all__ = ["Auditor"]
 log = logging.getLogger(__name__)
 
 _WINDOW = 500  # heights compared per round trip, as verify does
+_SAVE_EVERY_S = 60.0
 _LOGGED_PER_ROUND = 10  # ERROR lines per round before a summary line
 
 _READ_AUDITED = """
@@ -86,6 +88,8 @@ class Auditor:
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
         self._committed = 0
         self._saved = 0
+        self._saved_at = -math.inf
+        self._hurry_seen = False
         self._hurry = asyncio.Event()  # someone waits for the audit: do not sleep
         self._saved_moved = asyncio.Event()
         self.audited_height = 0
@@ -132,6 +136,7 @@ class Auditor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval_s):
                         await self._hurry.wait()
+                self._hurry_seen = self._hurry.is_set()
                 self._hurry.clear()
                 try:
                     if conn is None or conn.closed:
@@ -235,9 +240,15 @@ class Auditor:
             log.error("audit: wrote %d plays that the first delivery lacked", written)
 
     async def _save(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
-        if self.audited_height > self._saved:
+        """Keep the audited height, at most once a minute unless someone waits for it
+        (a restart re-reads at most a minute of blocks; an UPDATE a round would be
+        most of what the audit costs at the tip)."""
+        now = time.monotonic()
+        due = self._hurry_seen or now - self._saved_at >= _SAVE_EVERY_S
+        if self.audited_height > self._saved and due:
             await conn.execute(_SAVE_AUDITED, (self.audited_height, self.chain_id, self.stream))
             self._saved = self.audited_height
+            self._saved_at = now
         self._saved_moved.set()  # every round: a waiter checks again
 
     # --- pending ranges ------------------------------------------------------

@@ -348,7 +348,9 @@ class Settings:
         "and repaired; a bounded run then ends without waiting for it).",
     )
     audit_interval_s: float = option(
-        5.0, "How often the continuous audit re-reads what the stream delivered."
+        15.0,
+        "How often the continuous audit re-reads what the stream delivered (one GetBlocks "
+        "call and one ledger query a round, whatever the blocks).",
     )
 
     def __post_init__(self) -> None:
