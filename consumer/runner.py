@@ -7,7 +7,7 @@ holds, up to the batch limits, and commits it with its checkpoint. While the
 node is ahead the queue fills during each commit, so batches grow by
 themselves; at the tip the queue holds one block at a time, so each block
 commits on its own as soon as it arrives (consumer.batching). Decode runs on
-the loop: scripts/bench.py shows the database, not the loop, is what a
+the loop: scripts/bench shows the database, not the loop, is what a
 catch-up waits for.
 
 Retries: the source reconnects to the node itself. What the database's world
