@@ -61,6 +61,10 @@ from psycopg.conninfo import make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The benchmark package beside this script (scripts/ is on sys.path when run as a file).
+from bench.report import shown_command  # noqa: E402
+from bench.scenario import ServedChain  # noqa: E402
+
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Profile  # noqa: E402
 from consumer.migrate import apply_migrations  # noqa: E402
 
@@ -92,28 +96,6 @@ def _rate(count: float, seconds: float) -> float:
 
 
 # --- the chain and the databases --------------------------------------------------
-
-
-class ServedChain(DevChain):
-    """A DevChain whose blocks are serialized before the clock starts, as a node
-    serves stored bytes; past a memory budget, blocks are made on demand."""
-
-    def __init__(self, spec: ChainSpec, last: int, budget_bytes: int = 1 << 30) -> None:
-        super().__init__(spec)
-        self._served: dict[tuple[int, bool], bytes] = {}
-        size = 0
-        for height in range(1, last + 1):
-            for canon in (False, True):
-                data = super().block_bytes(height, canon)
-                size += len(data)
-                if size > budget_bytes:
-                    self._served.clear()
-                    return
-                self._served[height, canon] = data
-
-    def block_bytes(self, height: int, canon: bool) -> bytes:
-        data = self._served.get((height, canon))
-        return data if data is not None else super().block_bytes(height, canon)
 
 
 class Databases:
@@ -508,20 +490,6 @@ def load_average() -> str:
     return "unknown"
 
 
-def shown_command(argv: Sequence[str]) -> str:
-    """The command as run, without --database-url (it may carry a password)."""
-    shown: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--database-url":
-            skip = True
-        elif not arg.startswith("--database-url="):
-            shown.append(arg)
-    return " ".join(["scripts/bench_trust.py", *shown])
-
-
 def report(
     verified: Sequence[VerifyFigures],
     tips: Sequence[TipFigures],
@@ -630,7 +598,7 @@ async def measure(
         catch_up = await audit_catch_up(
             dbs, typical, args.typical_blocks, args.rounds, args.audit_interval_s
         )
-    print(f"command: {shown_command(argv)}")
+    print(f"command: {shown_command(argv, 'scripts/bench_trust.py')}")
     print(f"load average: before {before}, after {load_average()} ({os.cpu_count()} CPUs)")
     print(report(verified, tips, catch_up, args))
     return 0

@@ -113,7 +113,7 @@ def summary(f: Figures) -> str:
     )
 
 
-def shown_command(argv: Sequence[str]) -> str:
+def shown_command(argv: Sequence[str], program: str = "scripts/bench") -> str:
     """The command as run, without --database-url (it may carry a password)."""
     shown: list[str] = []
     skip = False
@@ -124,4 +124,4 @@ def shown_command(argv: Sequence[str]) -> str:
             skip = True
         elif not arg.startswith("--database-url="):
             shown.append(arg)
-    return " ".join(["scripts/bench", *shown])
+    return " ".join([program, *shown])
