@@ -140,14 +140,20 @@ async def test_an_index_left_invalid_by_an_interrupted_migration_is_built_again(
     assert "tx_index" in definition
 
 
-async def _migrate_and_grant(roles: TwoRoles) -> str:
-    """As the owner: migrate, then apply what --print-grants prints for the runtime role."""
+async def _migrate_and_print_grants(roles: TwoRoles) -> str:
+    """As the owner: migrate, then what --print-grants prints for the runtime role."""
     code, _, err = await run_once("migrate", "--database-url", roles.owner_url)
     assert code == 0, err
     code, grants, err = await run_once(
         "migrate", "--database-url", roles.owner_url, "--print-grants", roles.runtime
     )
     assert code == 0, err
+    return grants
+
+
+async def _migrate_and_grant(roles: TwoRoles) -> str:
+    """As the owner: migrate, then apply what --print-grants prints for the runtime role."""
+    grants = await _migrate_and_print_grants(roles)
     async with await connect(roles.owner_url) as conn:
         await conn.execute(grants.encode())
     return grants
@@ -234,12 +240,7 @@ async def test_run_on_a_schema_behind_tells_the_runtime_role_to_migrate_as_the_o
 
 
 async def test_print_grants_changes_nothing_in_the_database(two_roles: TwoRoles) -> None:
-    code, _, err = await run_once("migrate", "--database-url", two_roles.owner_url)
-    assert code == 0, err
-    code, out, err = await run_once(
-        "migrate", "--database-url", two_roles.owner_url, "--print-grants", two_roles.runtime
-    )
-    assert code == 0, err
+    out = await _migrate_and_print_grants(two_roles)
     assert "GRANT INSERT ON public.plays" in out.replace('"', "")
     async with await connect(two_roles.owner_url) as conn:
         cur = await conn.execute(
