@@ -31,6 +31,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from consumer._pb.core.v1 import types_pb2
 from consumer.model import (
+    WHOLE_BLOCK,
     Block,
     DecodedBlock,
     DecodedTx,
@@ -155,7 +156,9 @@ def decode_steps(block: Block, first_index: int = 0) -> Generator[int, None, Dec
             time=block_time,
             txs=(),
             quarantined=(
-                Quarantined(-1, block.hash or _sha256_hex(block.raw), block.raw, block.error),
+                Quarantined(
+                    WHOLE_BLOCK, block.hash or _sha256_hex(block.raw), block.raw, block.error
+                ),
             ),
             via=block.via,
         )

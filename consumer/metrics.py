@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from consumer.model import ConflictKind, DifferenceKind, RepairReason, SkipReason
+from consumer.model import (
+    BatchResult,
+    ConflictKind,
+    DifferenceKind,
+    ReconnectTarget,
+    RepairReason,
+    SkipReason,
+    Undecodable,
+)
 
-__all__ = ["PREFIX", "QUARANTINE_KINDS", "SOURCE_MODES", "Metrics"]
+__all__ = ["PREFIX", "SOURCE_MODES", "Metrics"]
 
 PREFIX = "core_plays_"
-# The `kind` label of quarantined_total: one transaction, or a whole unreadable block.
-QUARANTINE_KINDS = ("transaction", "block")
 # The `mode` label of source_mode: the path blocks come by right now.
 SOURCE_MODES = ("stream", "poll")
 
@@ -165,10 +171,10 @@ class Metrics:
             self.plays_skipped_total.labels(skip.value)
         for repair in RepairReason:
             self.plays_repaired_total.labels(repair.value)
-        for kind in QUARANTINE_KINDS:
-            self.quarantined_total.labels(kind)
-        for target in ("node", "database"):
-            self.reconnects_total.labels(target)
+        for what in Undecodable:
+            self.quarantined_total.labels(what.value)
+        for target in ReconnectTarget:
+            self.reconnects_total.labels(target.value)
         for conflict in ConflictKind:
             self.source_conflicts_total.labels(conflict.value)
         for difference in DifferenceKind:
@@ -227,32 +233,22 @@ class Metrics:
             self._block_time = block_time.replace(tzinfo=UTC).timestamp()
         self.set_head(height)
 
-    def observe_commit(
-        self,
-        *,
-        blocks: int,
-        height: int,
-        block_time: datetime | None,
-        plays_written: int,
-        duplicates: int,
-        tx_types: Mapping[str, int],
-        skipped: Mapping[str, int],
-        repaired: Mapping[str, int],
-        quarantined: Mapping[str, int],
-        seconds: float,
-    ) -> None:
-        self.set_position(height, block_time)
+    def observe_commit(self, result: BatchResult) -> None:
+        """Everything one commit changed, from its summary (one type, taken whole)."""
+        self.set_position(result.height, result.block_time)
         self.last_commit_timestamp_seconds.set(self._clock())
-        self.blocks_total.inc(blocks)
-        self.batch_blocks.observe(blocks)
-        self.plays_written_total.inc(plays_written)
-        self.duplicate_transactions_total.inc(duplicates)
-        self.batch_commit_seconds.observe(seconds)
-        for kind, n in tx_types.items():
+        self.blocks_total.inc(result.blocks)
+        self.batch_blocks.observe(result.blocks)
+        self.plays_written_total.inc(result.plays_written)
+        self.duplicate_transactions_total.inc(result.duplicates)
+        self.batch_commit_seconds.observe(result.seconds)
+        for kind, n in result.tx_types.items():
             self.transactions_total.labels(kind).inc(n)
-        for reason, n in skipped.items():
+        for reason, n in result.skipped.items():
             self.plays_skipped_total.labels(reason).inc(n)
-        for reason, n in repaired.items():
-            self.plays_repaired_total.labels(reason).inc(n)
-        for kind, n in quarantined.items():
-            self.quarantined_total.labels(kind).inc(n)
+        for repair, n in result.repaired.items():
+            self.plays_repaired_total.labels(repair).inc(n)
+        for what, n in result.quarantined.items():
+            self.quarantined_total.labels(what).inc(n)
+        for conflict in result.conflicts:
+            self.source_conflicts_total.labels(conflict.kind).inc()

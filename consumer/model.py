@@ -9,6 +9,7 @@ shape the sink sends to PostgreSQL.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,18 +17,24 @@ from enum import StrEnum
 from typing import NamedTuple
 
 __all__ = [
+    "WHOLE_BLOCK",
+    "BatchResult",
     "Block",
     "Checkpoint",
+    "Conflict",
     "ConflictKind",
     "DecodedBlock",
     "DecodedTx",
     "DifferenceKind",
     "PlayRow",
+    "QuarantineKind",
     "Quarantined",
     "RawTx",
+    "ReconnectTarget",
     "RepairReason",
     "Rpc",
     "SkipReason",
+    "Undecodable",
 ]
 
 
@@ -148,17 +155,48 @@ class DecodedTx:
     repair_reasons: Mapping[RepairReason, int] = field(default_factory=dict)
 
 
+class ReconnectTarget(StrEnum):
+    """What the service reconnected to; the values are `reconnects_total{target}`."""
+
+    NODE = "node"
+    DATABASE = "database"
+
+
+class QuarantineKind(StrEnum):
+    """Why a transaction is in core_plays.quarantine (its `kind` column)."""
+
+    UNDECODABLE = "undecodable"  # bytes that can never decode: kept for inspection
+    REFUSED = "refused"  # decoded, but PostgreSQL refused it: set aside to re-apply
+
+
+class Undecodable(StrEnum):
+    """What could not be decoded; the values are `quarantined_total{kind}`. A
+    whole block is an incident (the alert rules page for it); a single
+    malformed transaction is data nobody validated."""
+
+    TRANSACTION = "transaction"
+    BLOCK = "block"
+
+
+# The tx_index of a quarantined whole block (core_plays.quarantine.tx_index).
+WHOLE_BLOCK = -1
+
+
 @dataclass(frozen=True, slots=True)
 class Quarantined:
     """Bytes that could not be decoded, kept for inspection and replay.
 
-    `tx_index` is -1 when the whole block envelope was unreadable.
+    `tx_index` is WHOLE_BLOCK when the block envelope itself was unreadable.
     """
 
     tx_index: int
     tx_hash: str
     data: bytes
     error: str
+
+    @property
+    def what(self) -> Undecodable:
+        return Undecodable.BLOCK if self.tx_index == WHOLE_BLOCK else Undecodable.TRANSACTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +230,61 @@ class Checkpoint:
     block_hash: str
     block_time: datetime | None
     updated_at: datetime
+
+
+class Conflict(NamedTuple):
+    """Two deliveries that disagree about a transaction (see core_plays.conflicts)."""
+
+    kind: ConflictKind
+    height: int
+    tx_index: int
+    tx_hash: str
+    rpc: str
+    other_height: int
+    other_index: int
+    other_hash: str
+    other_rpc: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}: {self.rpc} delivered tx {self.tx_hash} at height {self.height} "
+            f"position {self.tx_index}, where {self.other_rpc or 'an earlier delivery'} had "
+            f"tx {self.other_hash} at height {self.other_height} position {self.other_index}"
+        )
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one committed batch did: the one summary of a commit that the
+    metrics, the logs, the run's progress and the audit each take whole."""
+
+    blocks: int = 0
+    height: int = 0
+    block_time: datetime | None = None
+    plays_written: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    tx_types: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    repaired: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[Undecodable] = field(default_factory=Counter)
+    conflicts: list[Conflict] = field(default_factory=list)  # new ones only
+    # Transactions PostgreSQL refused and that were set aside for `quarantine retry`.
+    set_aside: int = 0
+
+    def merge(self, other: BatchResult) -> None:
+        """Fold a later batch's result into this one (used when a batch is split)."""
+        self.blocks += other.blocks
+        self.height = other.height
+        self.block_time = other.block_time
+        self.plays_written += other.plays_written
+        self.duplicates += other.duplicates
+        self.set_aside += other.set_aside
+        for mine, theirs in (
+            (self.tx_types, other.tx_types),
+            (self.skipped, other.skipped),
+            (self.repaired, other.repaired),
+        ):
+            mine.update(theirs)
+        self.quarantined.update(other.quarantined)
+        self.conflicts.extend(other.conflicts)

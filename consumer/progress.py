@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consumer.sink import BatchResult
+from consumer.model import BatchResult
 
 __all__ = ["RunProgress", "RunSummary", "format_duration"]
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -35,19 +34,22 @@ from psycopg.rows import TupleRow
 from consumer.database import Fault, classify, describe
 from consumer.errors import SinkRefused, SinkUnavailable
 from consumer.model import (
+    WHOLE_BLOCK,
+    BatchResult,
     Checkpoint,
+    Conflict,
     ConflictKind,
     DecodedBlock,
     DecodedTx,
     PlayRow,
+    QuarantineKind,
     RepairReason,
     Rpc,
     SkipReason,
+    Undecodable,
 )
 
 __all__ = [
-    "BatchResult",
-    "Conflict",
     "PlaysSink",
     "Reapplied",
     "count_set_aside",
@@ -186,63 +188,6 @@ SELECT chain_id, stream, start_height, height, block_hash, block_time, updated_a
 FROM core_plays.checkpoint WHERE chain_id = %s AND stream = %s
 """
 _OTHER_CHAINS = "SELECT DISTINCT chain_id FROM core_plays.checkpoint WHERE stream = %s"
-
-
-class Conflict(NamedTuple):
-    """Two deliveries that disagree about a transaction (see core_plays.conflicts)."""
-
-    kind: str
-    height: int
-    tx_index: int
-    tx_hash: str
-    rpc: str
-    other_height: int
-    other_index: int
-    other_hash: str
-    other_rpc: str
-
-    def describe(self) -> str:
-        return (
-            f"{self.kind}: {self.rpc} delivered tx {self.tx_hash} at height {self.height} "
-            f"position {self.tx_index}, where {self.other_rpc or 'an earlier delivery'} had "
-            f"tx {self.other_hash} at height {self.other_height} position {self.other_index}"
-        )
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What one committed batch did, for metrics and logs."""
-
-    blocks: int = 0
-    height: int = 0
-    block_time: datetime | None = None
-    plays_written: int = 0
-    duplicates: int = 0
-    seconds: float = 0.0
-    tx_types: Counter[str] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
-    repaired: Counter[str] = field(default_factory=Counter)
-    quarantined: Counter[str] = field(default_factory=Counter)
-    conflicts: list[Conflict] = field(default_factory=list)  # new ones only
-    # Transactions PostgreSQL refused and that were set aside for `quarantine retry`.
-    set_aside: int = 0
-
-    def merge(self, other: BatchResult) -> None:
-        """Fold a later batch's result into this one (used when a batch is split)."""
-        self.blocks += other.blocks
-        self.height = other.height
-        self.block_time = other.block_time
-        self.plays_written += other.plays_written
-        self.duplicates += other.duplicates
-        self.set_aside += other.set_aside
-        for mine, theirs in (
-            (self.tx_types, other.tx_types),
-            (self.skipped, other.skipped),
-            (self.repaired, other.repaired),
-            (self.quarantined, other.quarantined),
-        ):
-            mine.update(theirs)
-        self.conflicts.extend(other.conflicts)
 
 
 @dataclass(slots=True)
@@ -480,7 +425,15 @@ class PlaysSink:
     def _add_set_aside(staged: _Staged, set_aside: Sequence[_SetAside]) -> None:
         for height, index, tx_hash, data, error, tx, block in set_aside:
             staged.quarantined.append(
-                (height, index, tx_hash, data, error, "refused", _tx_to_json(tx, block))
+                (
+                    height,
+                    index,
+                    tx_hash,
+                    data,
+                    error,
+                    QuarantineKind.REFUSED,
+                    _tx_to_json(tx, block),
+                )
             )
 
     async def _move_checkpoint(self, last: DecodedBlock) -> None:
@@ -518,7 +471,9 @@ class PlaysSink:
                 new_txs, result.plays_written = row
                 result.duplicates = staged.occurrences - new_txs
                 await cur.execute(_RECORD_CONFLICTS, self._conflict_params, prepare=False)
-                result.conflicts = [Conflict(*found) for found in await cur.fetchall()]
+                result.conflicts = [
+                    Conflict(ConflictKind(kind), *rest) for kind, *rest in await cur.fetchall()
+                ]
         if staged.quarantined:
             heights, indexes, hashes, data, errors, kinds, retry = zip(
                 *staged.quarantined, strict=True
@@ -537,10 +492,11 @@ class PlaysSink:
                 },
             )
             for index, kind in await cur.fetchall():
-                if kind == "refused":
+                if kind == QuarantineKind.REFUSED:
                     result.set_aside += 1
                 else:
-                    result.quarantined["block" if index == -1 else "transaction"] += 1
+                    what = Undecodable.BLOCK if index == WHOLE_BLOCK else Undecodable.TRANSACTION
+                    result.quarantined[what] += 1
 
     async def reapply_set_aside(self) -> Reapplied:
         """Write the set-aside transactions through the ledger, each in its own
@@ -634,7 +590,7 @@ def _stage(batch: list[DecodedBlock]) -> _Staged:
             plays.extend([(n + j, k, *play) for j, play in enumerate(tx.plays)])
         for q in block.quarantined:
             staged.quarantined.append(
-                (height, q.tx_index, q.tx_hash, q.data, q.error, "undecodable", None)
+                (height, q.tx_index, q.tx_hash, q.data, q.error, QuarantineKind.UNDECODABLE, None)
             )
     return staged
 

@@ -31,7 +31,7 @@ from consumer.backoff import Backoff
 from consumer.config import SourceSettings, parse_core_url
 from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
 from consumer.metrics import Metrics
-from consumer.model import Block, RawTx, Rpc
+from consumer.model import Block, RawTx, ReconnectTarget, Rpc
 from consumer.sequencer import (
     Path,
     Sequencer,
@@ -358,7 +358,7 @@ class CoreSource:
         self.metrics.source_errors_total.labels(exc.code).inc()
         if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED.name:
             self.metrics.source_stalls_total.inc()
-        self.metrics.reconnects_total.labels("node").inc()
+        self.metrics.reconnects_total.labels(ReconnectTarget.NODE).inc()
         if self._troubled_since is None:
             self._troubled_since = time.monotonic()
         delay = self.backoff.next_delay()

@@ -27,8 +27,8 @@ from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
-from consumer.model import Block, DecodedBlock, PlayRow, Rpc
-from consumer.sink import Conflict, PlaysSink
+from consumer.model import Block, Conflict, DecodedBlock, PlayRow, Rpc
+from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
 
 __all__ = [

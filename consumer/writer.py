@@ -23,8 +23,8 @@ from consumer.database import Waiting, describe_wait
 from consumer.errors import SinkRefused
 from consumer.lease import Lease
 from consumer.metrics import Metrics
-from consumer.model import DecodedBlock
-from consumer.sink import BatchResult, PlaysSink, count_set_aside
+from consumer.model import BatchResult, DecodedBlock
+from consumer.sink import PlaysSink, count_set_aside
 
 __all__ = ["Stopped", "Writer"]
 

@@ -12,6 +12,7 @@ import pytest_asyncio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.lease import Holder, find_holder, lock_key
+from consumer.readiness import Role
 from consumer.writer import Writer
 from tests.conftest import ADMIN_URL, DevnetFactory, eventually
 from tests.consumers import Consumer, query
@@ -47,13 +48,13 @@ async def test_an_ex_leader_stands_by_ready_and_resumes_from_the_checkpoint(
     a = Consumer(devnet.url, database, from_height=1)
     await a.reach(30)
     b = Consumer(devnet.url, database)
-    await eventually(lambda: b.runner.role == "standby")
+    await eventually(lambda: b.runner.ready.role is Role.STANDBY)
     assert b.runner.readiness()[0]
     leader = await holder(database, a.runner.chain_id)
     assert leader is not None
     await kill(leader.pid)  # A's session is gone: B takes over
     await eventually(lambda: b.value("is_leader") == 1)
-    await eventually(lambda: a.runner.role == "standby")
+    await eventually(lambda: a.runner.ready.role is Role.STANDBY)
     assert a.value("is_leader") == 0
     assert a.runner.readiness() == (True, "standby: another instance holds the writer lock")
     await devnet.advance(20)
@@ -110,7 +111,7 @@ async def test_a_bounded_run_says_at_once_who_holds_the_lock_and_how_to_run_besi
     assert leader is not None
     caplog.set_level(logging.WARNING, logger="consumer.runner")
     replay = Consumer(devnet.url, database, from_height=10, to_height=20)
-    await eventually(lambda: replay.runner.role == "standby")
+    await eventually(lambda: replay.runner.ready.role is Role.STANDBY)
     [warning] = [r for r in caplog.records if "standing by" in r.getMessage()]
     assert warning.levelno == logging.WARNING
     assert f"pid {leader.pid}" in warning.getMessage() and "--stream" in warning.getMessage()

@@ -7,8 +7,8 @@ from collections import Counter
 import psycopg
 
 from consumer.devnet import DevnetServer
+from consumer.model import BatchResult, Undecodable
 from consumer.progress import RunProgress, format_duration
-from consumer.sink import BatchResult
 from tests.conftest import run_consumer
 
 
@@ -76,7 +76,7 @@ def test_the_summary_line_names_skips_repairs_and_quarantine_by_reason() -> None
     result = _batch(10, 10, plays=7)
     result.skipped = Counter({"track_id_not_integer": 2})
     result.repaired = Counter({"timestamp_missing": 1})
-    result.quarantined = Counter({"transaction": 1})
+    result.quarantined = Counter({Undecodable.TRANSACTION: 1})
     progress.observe(result)
     clock.now = 2.0
     line = progress.finish().line()
