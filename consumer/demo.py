@@ -32,6 +32,7 @@ from typing import Any, TextIO
 import psycopg
 from prometheus_client import CollectorRegistry
 
+from consumer import commits
 from consumer.config import HttpSettings, Settings, SinkSettings, SourceSettings
 from consumer.devnet.main import devnet_from_args
 from consumer.errors import ConfigError
@@ -84,10 +85,10 @@ class _ConsoleHandler(logging.Handler):
 
 
 def _not_a_quarantined_transaction(record: logging.LogRecord) -> bool:
-    """The runner warns about each batch's malformed transactions; the demo announces them
+    """Each commit warns about its batch's malformed transactions; the demo announces them
     once and counts them (a whole unreadable block is an ERROR and still shows)."""
     return not (
-        record.name == "consumer.runner"
+        record.name == commits.log.name
         and record.levelno == logging.WARNING
         and str(record.msg).startswith("quarantined")
     )
