@@ -36,6 +36,7 @@ from consumer.decode import LARGE_BLOCK_BYTES, decode_block, plays_positions, wi
 from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, DecodedBlock, DecodedTx, DifferenceKind, Rpc
+from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
 from consumer.verify import read_written, record_differences
@@ -44,7 +45,7 @@ __all__ = ["Auditor"]
 
 log = logging.getLogger(__name__)
 
-_WINDOW = 500  # heights compared per round trip, as verify does
+_WINDOW = MAX_GETBLOCKS_HEIGHTS  # heights compared per round trip, as verify does
 _SAVE_EVERY_S = 60.0
 _LOGGED_PER_ROUND = 10  # ERROR lines per round before a summary line
 

@@ -175,7 +175,9 @@ class SourceSettings:
         "5 to 9 times the largest block: raise the pod's memory limit with it).",
     )
     poll_interval_s: float = option(0.5, "Wait between polls at the tip (poll mode).")
-    poll_window: int = option(500, "Heights per GetBlocks call (at most 500).")
+    poll_window: int = option(
+        MAX_GETBLOCKS_HEIGHTS, f"Heights per GetBlocks call (at most {MAX_GETBLOCKS_HEIGHTS})."
+    )
     poll_concurrency: int = option(4, "GetBlocks calls in flight while catching up.")
     catchup_threshold_blocks: int = option(
         1000,

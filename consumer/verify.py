@@ -28,6 +28,7 @@ from consumer.decode import decode_block
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
 from consumer.model import Block, Conflict, DecodedBlock, PlayRow, Rpc
+from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
 
@@ -41,7 +42,7 @@ __all__ = [
 
 # Heights compared per round trip to the database, and plays at most: one
 # GetBlocks window's worth, so memory stays that of a window.
-_CHUNK_HEIGHTS = 500
+_CHUNK_HEIGHTS = MAX_GETBLOCKS_HEIGHTS
 _CHUNK_PLAYS = 20_000
 
 Progress = Callable[[int, int, float], None]  # heights done, heights in all, seconds
