@@ -23,6 +23,7 @@ process with one line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from consumer import __version__
@@ -59,7 +60,6 @@ class Runner:
         self.ready = Readiness(settings.http.ready_max_lag_s)
         self.progress = RunProgress(metrics.head_value, settings.to_height)
         self._commits = CommitObserver(metrics, self.progress)
-        self._start: StartPoint | None = None
         self._retry = Retry(Backoff(cap_s=settings.source.retry_cap_s), stop)
         metrics.watch_readiness(lambda: self.readiness()[0])
 
@@ -90,7 +90,7 @@ class Runner:
             self.metrics.set_build(
                 __version__, info.chain_id, settings.source.source_mode, settings.sink.stream
             )
-            self._start = StartPoint(settings, client, info.chain_id, self.metrics, self.stop)
+            start_point = StartPoint(settings, client, info.chain_id, self.metrics, self.stop)
             source = CoreSource(
                 client,
                 settings.source,
@@ -99,7 +99,7 @@ class Runner:
                 chain_id=info.chain_id,
             )
             while not self.stop.is_set():
-                if await self._session(client, source):
+                if await self._session(client, source, start_point):
                     break
             self.progress.finish()
         finally:
@@ -112,9 +112,10 @@ class Runner:
             sink.conninfo, sink.safe_url, sink.connect_timeout_s, retry, self.waiting
         )
 
-    async def _session(self, client: CoreClient, source: CoreSource) -> bool:
+    async def _session(
+        self, client: CoreClient, source: CoreSource, start_point: StartPoint
+    ) -> bool:
         """Hold the lease and write until done (True), stopped (True) or a world's error."""
-        assert self._start is not None
         settings = self.settings.sink
         lease = Lease(
             settings.conninfo,
@@ -133,7 +134,7 @@ class Runner:
             if checkpoint is not None:
                 self.metrics.set_position(checkpoint.height, checkpoint.block_time)
                 self.ready.positioned(checkpoint.block_time)
-            start = await self._start.height(conn, checkpoint)
+            start = await start_point.height(conn, checkpoint)
             end = self.settings.to_height
             if end is not None and start > end:
                 log.info("nothing to do: start height %d is past --to-height %d", start, end)
@@ -156,7 +157,7 @@ class Runner:
                 self.metrics,
                 self.stop,
                 auditor=self._auditor(client),
-                on_commit=self._committed,
+                on_commit=functools.partial(self._committed, start_point),
             )
             done = await pipeline.run(start, end)
             self._retry.reset()
@@ -186,9 +187,8 @@ class Runner:
             self.metrics,
         )
 
-    def _committed(self, result: BatchResult) -> None:
-        assert self._start is not None
-        self._start.written(result.height)
+    def _committed(self, start_point: StartPoint, result: BatchResult) -> None:
+        start_point.written(result.height)
         self.ready.positioned(result.block_time)
         self._commits.observe(result)
 
