@@ -556,13 +556,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="2,000 empty and 500 typical blocks, 3 s tip runs after 2 s, one round: "
+        help="2,000 empty and 500 typical blocks, 1.5 s tip runs after 0.5 s, one round: "
         "what the test suite runs to keep the script working (overrides the sizes)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.empty_blocks, args.typical_blocks = 2_000, 500
-        args.tip_s, args.warmup_s, args.rounds = 3.0, 2.0, 1
+        args.tip_s, args.warmup_s, args.rounds = 1.5, 0.5, 1
         args.tip_interval_s = 0.5
     return args
 
