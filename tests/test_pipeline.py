@@ -9,7 +9,8 @@ real ones. A commit is held in flight by a test session that locks `plays`, so
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -72,21 +73,27 @@ class Session:
     commits: list[BatchResult] = field(default_factory=list)
 
 
-async def open_session(
-    database: str, source: MemorySource, settings: Settings, stop: asyncio.Event | None = None
-) -> Session:
-    stop = stop or asyncio.Event()
+@contextlib.asynccontextmanager
+async def writing_session(
+    database: str, source: MemorySource, settings: Settings | None = None
+) -> AsyncIterator[Session]:
+    """One writing session, its lease released at the end whatever happened."""
+    settings = settings or small_batches(database)
+    stop = asyncio.Event()
     lease = Lease(settings.sink.conninfo, CHAIN.spec.chain_id, STREAM, 0.1)
     conn = await lease.acquire(stop)
     assert conn is not None
-    checkpoint = await read_checkpoint(conn, CHAIN.spec.chain_id, STREAM)
-    start = 1 if checkpoint is None else checkpoint.height + 1
-    sink = PlaysSink(conn, CHAIN.spec.chain_id, STREAM, start)
-    metrics = Metrics(CollectorRegistry())
-    writer = Writer(sink, lease, settings, metrics, stop, Waiting())
-    commits: list[BatchResult] = []
-    pipeline = Pipeline(source, writer, settings, metrics, stop, on_commit=commits.append)
-    return Session(lease, pipeline, start, stop, commits)
+    try:
+        checkpoint = await read_checkpoint(conn, CHAIN.spec.chain_id, STREAM)
+        start = 1 if checkpoint is None else checkpoint.height + 1
+        sink = PlaysSink(conn, CHAIN.spec.chain_id, STREAM, start)
+        metrics = Metrics(CollectorRegistry())
+        writer = Writer(sink, lease, settings, metrics, stop, Waiting())
+        commits: list[BatchResult] = []
+        pipeline = Pipeline(source, writer, settings, metrics, stop, on_commit=commits.append)
+        yield Session(lease, pipeline, start, stop, commits)
+    finally:
+        await lease.release()
 
 
 def small_batches(database: str) -> Settings:
@@ -154,22 +161,16 @@ async def run_until(session: Session, end: int | None) -> asyncio.Task[bool]:
 
 async def finish(database: str, source: MemorySource, end: int) -> None:
     """A later session writes the rest of the range, as the runner's next session would."""
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         assert await session.pipeline.run(session.start, end)
-    finally:
-        await session.lease.release()
 
 
 async def test_any_block_source_is_written_exactly_once_with_its_checkpoint(
     database: str,
 ) -> None:
     source = MemorySource(head=120)
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         assert await session.pipeline.run(1, 120)
-    finally:
-        await session.lease.release()
     await assert_exactly(database, 120)
     assert await checkpoint_height(database) == 120
     assert sum(result.blocks for result in session.commits) == 120
@@ -179,15 +180,12 @@ async def test_a_stop_during_a_commit_ends_the_session_after_that_commit_and_its
     database: str,
 ) -> None:
     source = MemorySource(head=120)
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         async with PlaysLocked(database) as locked:
             task = await run_until(session, 120)
             await locked.writer_waits()
             session.stop.set()
         assert await asyncio.wait_for(task, 30)
-    finally:
-        await session.lease.release()
     # The batch in flight committed whole, with its checkpoint, and nothing after it.
     [last] = session.commits
     assert await checkpoint_height(database) == last.height < 120
@@ -200,8 +198,7 @@ async def test_a_lease_lost_mid_commit_writes_nothing_of_that_batch_and_the_next
     database: str,
 ) -> None:
     source = MemorySource(head=120)
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         async with PlaysLocked(database) as locked:
             task = await run_until(session, 120)
             pid = await locked.writer_waits()
@@ -209,8 +206,6 @@ async def test_a_lease_lost_mid_commit_writes_nothing_of_that_batch_and_the_next
                 await c.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(SinkUnavailable):
             await asyncio.wait_for(task, 30)
-    finally:
-        await session.lease.release()
     assert session.commits == []  # the first batch was in flight: none of it is there
     assert await checkpoint_height(database) is None
     await assert_exactly(database, 0)
@@ -222,8 +217,7 @@ async def test_a_lease_lost_between_commits_at_the_tip_is_noticed_while_idle(
     database: str,
 ) -> None:
     source = MemorySource(head=30)
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         task = await run_until(session, None)
         await eventually(lambda: sum(r.blocks for r in session.commits) == 30)
         assert session.lease.conn is not None
@@ -233,21 +227,16 @@ async def test_a_lease_lost_between_commits_at_the_tip_is_noticed_while_idle(
         # Nothing to write, yet the idle writer proves its session is alive and fails.
         with pytest.raises(SinkUnavailable):
             await asyncio.wait_for(task, 30)
-    finally:
-        await session.lease.release()
     await assert_exactly(database, 30)
 
 
 async def test_a_stop_while_idle_at_the_tip_returns_without_writing(database: str) -> None:
     source = MemorySource(head=30)
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         task = await run_until(session, None)
         await eventually(lambda: sum(r.blocks for r in session.commits) == 30)
         session.stop.set()
         assert await asyncio.wait_for(task, 30)
-    finally:
-        await session.lease.release()
     assert await checkpoint_height(database) == 30
 
 
@@ -255,12 +244,9 @@ async def test_a_fatal_source_error_ends_the_session_with_that_error_not_a_group
     database: str,
 ) -> None:
     source = MemorySource(head=120, fail_at=61)
-    session = await open_session(database, source, small_batches(database))
-    try:
+    async with writing_session(database, source) as session:
         with pytest.raises(SourceFailed, match="refused"):
             await asyncio.wait_for(session.pipeline.run(1, 120), 30)
-    finally:
-        await session.lease.release()
     # What was decoded before the failure may or may not be written; never past it.
     height = await checkpoint_height(database)
     assert height is None or height <= 60
