@@ -159,10 +159,12 @@ async def run_until(session: Session, end: int | None) -> asyncio.Task[bool]:
     return asyncio.create_task(session.pipeline.run(session.start, end))
 
 
-async def finish(database: str, source: MemorySource, end: int) -> None:
-    """A later session writes the rest of the range, as the runner's next session would."""
+async def next_session_completes(database: str, source: MemorySource, end: int) -> None:
+    """A later session writes the rest of the range, as the runner's next session would,
+    and the table ends with every play of 1..end once."""
     async with writing_session(database, source) as session:
         assert await session.pipeline.run(session.start, end)
+    await assert_exactly(database, end)
 
 
 async def test_any_block_source_is_written_exactly_once_with_its_checkpoint(
@@ -190,8 +192,7 @@ async def test_a_stop_during_a_commit_ends_the_session_after_that_commit_and_its
     [last] = session.commits
     assert await checkpoint_height(database) == last.height < 120
     await assert_exactly(database, last.height)
-    await finish(database, source, 120)
-    await assert_exactly(database, 120)
+    await next_session_completes(database, source, 120)
 
 
 async def test_a_lease_lost_mid_commit_writes_nothing_of_that_batch_and_the_next_session_resumes(
@@ -209,8 +210,7 @@ async def test_a_lease_lost_mid_commit_writes_nothing_of_that_batch_and_the_next
     assert session.commits == []  # the first batch was in flight: none of it is there
     assert await checkpoint_height(database) is None
     await assert_exactly(database, 0)
-    await finish(database, source, 120)
-    await assert_exactly(database, 120)
+    await next_session_completes(database, source, 120)
 
 
 async def test_a_lease_lost_between_commits_at_the_tip_is_noticed_while_idle(
