@@ -124,8 +124,11 @@ def _suggest(word: str, known: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+_VERSION = f"%(prog)s {__version__}"
+
+
 def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentParser:
-    """The whole command line.
+    """The whole command line: one `_add_<command>` function per subcommand.
 
     A new subcommand: `p = sub.add_parser(NAME, help=...)`, `add_options(p, DATABASE)`
     (or any flag names) for the settings it reads, its own arguments, and
@@ -136,16 +139,31 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
         prog="plays-consumer",
         description="Follow the OpenAudio Core chain and write its plays into PostgreSQL.",
     )
-    version = f"%(prog)s {__version__}"
-    parser.add_argument("--version", action="version", version=version)
+    parser.add_argument("--version", action="version", version=_VERSION)
     parser.set_defaults(read_settings=Settings.from_args)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_migrate(sub)
+    _add_status(sub)
+    _add_quarantine(sub)
+    _add_reasons(sub)
+    _add_devnet(sub)
+    _add_backfill_commands(sub)
+    _add_verify_command(sub)
+    _add_demo(sub)
+    for each in (parser, *sub.choices.values()):
+        each.log_format = log_format
+    return parser
 
+
+def _add_run(sub: argparse._SubParsersAction[Any]) -> None:
     run = sub.add_parser("run", help="follow the chain into plays (forever, or to --to-height)")
-    run.add_argument("--version", action="version", version=version)
+    run.add_argument("--version", action="version", version=_VERSION)
     add_options(run, RUN)
     run.set_defaults(handler=_run)
 
+
+def _add_migrate(sub: argparse._SubParsersAction[Any]) -> None:
     migrate = sub.add_parser("migrate", help="apply schema migrations and exit")
     add_options(migrate, DATABASE)
     migrate.add_argument(
@@ -156,6 +174,8 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     )
     migrate.set_defaults(handler=_migrate)
 
+
+def _add_status(sub: argparse._SubParsersAction[Any]) -> None:
     status = sub.add_parser(
         "status",
         help="checkpoint, node head, lag and why not ok "
@@ -168,6 +188,8 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     )
     status.set_defaults(handler=_status)
 
+
+def _add_quarantine(sub: argparse._SubParsersAction[Any]) -> None:
     quarantine = sub.add_parser(
         "quarantine",
         help="list quarantined transactions, show one, or retry the set-aside ones "
@@ -183,12 +205,11 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
         type=int,
         help="with show: the transaction's index (-1: a whole block) [default: none, required]",
     )
-    add_options(
-        quarantine,
-        (*DATABASE, "stream"),
-    )
+    add_options(quarantine, (*DATABASE, "stream"))
     quarantine.set_defaults(handler=_quarantine)
 
+
+def _add_reasons(sub: argparse._SubParsersAction[Any]) -> None:
     reasons = sub.add_parser(
         "reasons",
         help="plays skipped and repaired by reason, and quarantined by kind, over a height range",
@@ -200,6 +221,8 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     add_options(reasons, (*DATABASE, "from-height", "to-height"))
     reasons.set_defaults(handler=_reasons)
 
+
+def _add_devnet(sub: argparse._SubParsersAction[Any]) -> None:
     devnet = sub.add_parser("devnet", help="serve a simulated Core chain over gRPC")
     _add_devnet_options(devnet)
     devnet.add_argument("--listen", default="127.0.0.1:50051", help="host:port to serve on")
@@ -212,9 +235,8 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     add_options(devnet, LOGGING)
     devnet.set_defaults(handler=_devnet, read_settings=top_level_settings)
 
-    _add_backfill_commands(sub)
-    _add_verify_command(sub)
 
+def _add_demo(sub: argparse._SubParsersAction[Any]) -> None:
     demo = sub.add_parser("demo", help="embedded PostgreSQL + devnet + run, with progress")
     _add_devnet_options(demo, height=1000, interval=0.02)
     demo.add_argument("--blocks", type=int, default=2000, help="stop after this many blocks")
@@ -230,10 +252,6 @@ def build_parser(log_format: LogFormat = LogFormat.TEXT) -> argparse.ArgumentPar
     )
     add_options(demo, LOGGING)
     demo.set_defaults(handler=_demo, read_settings=top_level_settings)
-
-    for each in (parser, *sub.choices.values()):
-        each.log_format = log_format
-    return parser
 
 
 def _add_backfill_commands(sub: argparse._SubParsersAction[Any]) -> None:
