@@ -222,8 +222,10 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=2.0, help="writers alone before 0004")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(message)s")
-    # SIGTERM ends the run like Ctrl-C, so the database is dropped either way.
+    # SIGTERM ends the run like Ctrl-C, so the database is dropped either way. SIGINT
+    # is set too: a process started in the background of a script inherits it ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     dbname = f"cpc_migration_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
