@@ -605,4 +605,7 @@ async def measure(
 
 
 if __name__ == "__main__":
+    # Ctrl-C drops the databases even when started in the background of a script,
+    # which would otherwise inherit SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(asyncio.run(main()))

@@ -86,7 +86,7 @@ async def test_an_interrupted_benchmark_drops_its_database() -> None:
         name = database_name((await bench.stdout.readline()).decode())
         await eventually(lambda: generating(name), interval_s=0.2)
         bench.send_signal(signal.SIGINT)
-        await asyncio.wait_for(bench.wait(), timeout=60)
+        assert await asyncio.wait_for(bench.wait(), timeout=60) != 0  # interrupted
     finally:
         if bench.returncode is None:
             bench.kill()
