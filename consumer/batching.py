@@ -34,7 +34,7 @@ QueueItem = DecodedBlock | Block | None  # None: the source is done
 class BlockQueue:
     """Decoded blocks in height order, then None once the source is done.
 
-    One producer and one consumer (the runner's two stages), so two events
+    One producer and one consumer (the pipeline's two stages), so two events
     are all the signalling needed.
     """
 

@@ -1,9 +1,9 @@
 """The single-writer lease: a session-level advisory lock per (chain, stream).
 
 Who owns the connection: the lock lives on one connection that `acquire`
-hands to the runner's writer task, and from then on that task is its only
-user. The sink writes batches through it, and between batches (or while idle
-at the tip) the same task calls `check()` to prove the session is alive. No
+hands to the session's write loop (consumer.pipeline), and from then on that
+task is its only user. The sink writes batches through it, and between batches
+(or while idle at the tip) the same task calls `check()` to prove the session is alive. No
 other task may touch it: a statement from elsewhere could land inside the
 sink's open transaction. Other sessions (status, the write-stall probe) use
 connections of their own.

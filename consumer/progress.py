@@ -6,7 +6,7 @@ fast and how long is left every few seconds, and once when it reaches the tip;
 a run that ends logs one summary line, and a replay that wrote nothing says so
 in that line rather than leaving the operator to compare counters.
 
-Fed from the runner's commit observer with each committed batch's result; it
+Fed by consumer.commits with each committed batch's result; it
 never decides anything.
 """
 

@@ -294,7 +294,7 @@ class PlaysSink:
         If PostgreSQL refuses the rows (class 22/23/54, a trigger raising), this
         raises SinkRefused: the refusal may be someone's trigger failing for a
         while, so the runner retries the batch before giving up on any play.
-        With `set_aside` (the runner's last resort) the batch is written block
+        With `set_aside` (the writer's last resort) the batch is written block
         by block instead, and each transaction PostgreSQL still refuses is set
         aside in the quarantine with its bytes and decoded rows, to be written
         later by `plays-consumer quarantine retry`.
