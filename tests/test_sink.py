@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -326,3 +326,29 @@ async def test_reapplying_set_aside_transactions_writes_them_once_after_the_fix(
     again = await sink_on(conn).reapply_set_aside()
     assert again.transactions == 0
     assert await rows(conn, "SELECT count(*) FROM core_plays.tx_ledger") == [(2,)]
+
+
+def parts_of(*parts: DecodedBlock) -> Callable[[], AsyncIterator[DecodedBlock]]:
+    """What write_parts is given for a large block: its parts, made afresh on each call."""
+
+    async def parts_made() -> AsyncIterator[DecodedBlock]:
+        for part in parts:
+            yield part
+
+    return parts_made
+
+
+async def test_a_large_block_postgresql_refuses_is_set_aside_a_part_at_a_time(conn: Any) -> None:
+    parts = parts_of(block(2, tx(0, "B", 20)), block(2, HUGE, tx(2, "C", 30)))
+    with pytest.raises(SinkRefused):
+        await sink_on(conn).write_parts(parts)
+    assert await rows(conn, "SELECT count(*) FROM plays") == [(0,)]
+    assert await read_checkpoint(conn, CHAIN, "live") is None
+    result = await sink_on(conn).write_parts(parts, set_aside=True)
+    assert (result.blocks, result.plays_written, result.set_aside) == (1, 2, 1)
+    assert await rows(conn, "SELECT play_item_id FROM plays ORDER BY id") == [(20,), (30,)]
+    assert await rows(
+        conn, "SELECT block_height, tx_index, tx_hash, kind FROM core_plays.quarantine"
+    ) == [(2, 1, "HUGE", "refused")]
+    checkpoint = await read_checkpoint(conn, CHAIN, "live")
+    assert checkpoint is not None and checkpoint.height == 2
