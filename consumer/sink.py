@@ -21,9 +21,10 @@ arrays (whose list dumper is pure Python).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -299,24 +300,12 @@ class PlaysSink:
         aside in the quarantine with its bytes and decoded rows, to be written
         later by `plays-consumer quarantine retry`.
         """
-        started = time.perf_counter()
-        span = f"blocks {batch[0].height}..{batch[-1].height}"
-        try:
-            await self._ensure_staging()
-            try:
-                result = await self._write(batch)
-            except psycopg.Error as exc:
-                if classify(exc) is not Fault.REFUSED:
-                    raise
-                if not set_aside:
-                    raise SinkRefused(f"PostgreSQL refuses {span}: {describe(exc)}") from exc
-                result = await self._write_isolating(batch)
-        except psycopg.Error as exc:
-            if classify(exc) is Fault.BUG:
-                raise
-            raise SinkUnavailable(f"writing {span}: {describe(exc)}") from exc
-        result.seconds = time.perf_counter() - started
-        return result
+        return await self._attempt(
+            f"blocks {batch[0].height}..{batch[-1].height}",
+            functools.partial(self._write, batch),
+            functools.partial(self._write_isolating, batch),
+            set_aside,
+        )
 
     async def write_parts(
         self, parts: Callable[[], AsyncIterator[DecodedBlock]], set_aside: bool = False
@@ -330,21 +319,37 @@ class PlaysSink:
         afresh, so with `set_aside` the block is decoded again and each part's
         refused transactions are set aside.
         """
+        return await self._attempt(
+            "a large block",
+            functools.partial(self._write_parts, parts, isolate=False),
+            functools.partial(self._write_parts, parts, isolate=True),
+            set_aside,
+        )
+
+    async def _attempt(
+        self,
+        what: str,
+        write: Callable[[], Awaitable[BatchResult]],
+        isolating: Callable[[], Awaitable[BatchResult]],
+        set_aside: bool,
+    ) -> BatchResult:
+        """`write`; on a refusal, SinkRefused, or with `set_aside` `isolating` instead.
+        Every other database error is SinkUnavailable unless it is a bug."""
         started = time.perf_counter()
         try:
             await self._ensure_staging()
             try:
-                result = await self._write_parts(parts, isolate=False)
+                result = await write()
             except psycopg.Error as exc:
                 if classify(exc) is not Fault.REFUSED:
                     raise
                 if not set_aside:
-                    raise SinkRefused(f"PostgreSQL refuses a large block: {describe(exc)}") from exc
-                result = await self._write_parts(parts, isolate=True)
+                    raise SinkRefused(f"PostgreSQL refuses {what}: {describe(exc)}") from exc
+                result = await isolating()
         except psycopg.Error as exc:
             if classify(exc) is Fault.BUG:
                 raise
-            raise SinkUnavailable(f"writing a large block: {describe(exc)}") from exc
+            raise SinkUnavailable(f"writing {what}: {describe(exc)}") from exc
         result.seconds = time.perf_counter() - started
         return result
 
@@ -502,9 +507,7 @@ class PlaysSink:
         """Write the set-aside transactions through the ledger, each in its own
         transaction (the checkpoint does not move); what is still refused stays."""
         done = Reapplied()
-        if not self._staging_ready:
-            await self.conn.execute(_CREATE_STAGING)
-            self._staging_ready = True
+        await self._ensure_staging()
         pending = await _fetch(self.conn, "reading set-aside", _SELECT_PENDING, (self.chain_id,))
         for height, index, _tx_hash, data, stored in pending:
             tx = _tx_from_json(index, bytes(data), stored)
