@@ -360,12 +360,12 @@ class PlaysSink:
         last: DecodedBlock | None = None
         async with self.conn.transaction():
             async for decoded in parts():
-                refused: list[_SetAside] = []
+                refused: list[_QuarantineRow] = []
                 part = decoded
                 if isolate:
                     part, refused = await self._without_refused(decoded)
                 staged = _stage([part])
-                self._add_set_aside(staged, refused)
+                staged.quarantined.extend(refused)
                 await self._insert(staged)
                 await self.conn.execute(_CLEAR_STAGING)
                 if total is None:
@@ -397,13 +397,16 @@ class PlaysSink:
             total.merge(result)
         return total
 
-    async def _without_refused(self, block: DecodedBlock) -> tuple[DecodedBlock, list[_SetAside]]:
+    async def _without_refused(
+        self, block: DecodedBlock
+    ) -> tuple[DecodedBlock, list[_QuarantineRow]]:
         """The block without the transactions PostgreSQL refuses, and those as set-aside rows.
 
         Each plays transaction is tried alone in a transaction that is always
         rolled back; a refused one keeps its raw bytes and its decoded rows.
         """
-        kept, refused = [], []
+        kept: list[DecodedTx] = []
+        refused: list[_QuarantineRow] = []
         for tx in block.txs:
             try:
                 async with self.conn.transaction(force_rollback=True):
@@ -413,33 +416,28 @@ class PlaysSink:
                 if classify(exc) is not Fault.REFUSED:
                     raise
                 error = f"refused by PostgreSQL: {describe(exc)}"
-                refused.append((block.height, tx.tx_index, tx.tx_hash, tx.data, error, tx, block))
+                refused.append(
+                    (
+                        block.height,
+                        tx.tx_index,
+                        tx.tx_hash,
+                        tx.data,
+                        error,
+                        QuarantineKind.REFUSED,
+                        _tx_to_json(tx, block),
+                    )
+                )
         return replace(block, txs=tuple(kept)), refused
 
     async def _write(
-        self, batch: list[DecodedBlock], set_aside: Sequence[_SetAside] = ()
+        self, batch: list[DecodedBlock], set_aside: Sequence[_QuarantineRow] = ()
     ) -> BatchResult:
         staged = _stage(batch)
-        self._add_set_aside(staged, set_aside)
+        staged.quarantined.extend(set_aside)
         async with self.conn.transaction():
             await self._insert(staged)
             await self._move_checkpoint(batch[-1])
         return staged.result
-
-    @staticmethod
-    def _add_set_aside(staged: _Staged, set_aside: Sequence[_SetAside]) -> None:
-        for height, index, tx_hash, data, error, tx, block in set_aside:
-            staged.quarantined.append(
-                (
-                    height,
-                    index,
-                    tx_hash,
-                    data,
-                    error,
-                    QuarantineKind.REFUSED,
-                    _tx_to_json(tx, block),
-                )
-            )
 
     async def _move_checkpoint(self, last: DecodedBlock) -> None:
         """Inside the batch's transaction; a repair writer leaves progress alone."""
@@ -535,8 +533,6 @@ class PlaysSink:
 _TxRow = tuple[int, int, int, str, int, int, str | None, str, str, str | None]
 # height, tx_index, hash, data, error, kind, retry_rows (JSON, set-aside only)
 _QuarantineRow = tuple[int, int, str, bytes, str, str, str | None]
-# height, tx_index, hash, data, error, and the refused transaction itself
-_SetAside = tuple[int, int, str, bytes, str, DecodedTx, DecodedBlock]
 
 
 @dataclass(slots=True)
