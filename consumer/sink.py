@@ -410,7 +410,7 @@ class PlaysSink:
         for tx in block.txs:
             try:
                 async with self.conn.transaction(force_rollback=True):
-                    await self._insert(_stage([replace(block, txs=(tx,))]))
+                    await self._insert(_stage([replace(block, txs=(tx,), quarantined=())]))
                 kept.append(tx)
             except psycopg.Error as exc:
                 if classify(exc) is not Fault.REFUSED:
