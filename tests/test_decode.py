@@ -721,7 +721,7 @@ def test_a_block_decoded_in_parts_has_the_transactions_and_counts_of_the_whole(
     for height in range(1, 80):
         block = parse_block(chain.block_bytes(height, canon=True), height)
         whole = decode_block(block)
-        parts = [decode_block_from(part, first) for part, first in block_parts(block, part_bytes)]
+        parts = [decode_block(part, first) for part, first in block_parts(block, part_bytes)]
         assert tuple(tx for p in parts for tx in p.txs) == whole.txs
         assert tuple(q for p in parts for q in p.quarantined) == whole.quarantined
         assert sum((Counter(p.tx_types) for p in parts), Counter()) == Counter(whole.tx_types)
@@ -735,16 +735,6 @@ def test_parts_hold_at_least_one_transaction_and_about_part_bytes_each() -> None
     parts = list(block_parts(block, part_bytes=3 * tx_bytes))
     assert [len(part.txs) for part, _ in parts] == [3, 3, 3, 1]
     assert [first for _, first in parts] == [0, 3, 6, 9]
-
-
-def decode_block_from(block: Block, first_index: int) -> DecodedBlock:
-    steps = decode_steps(block, first_index)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            decoded: DecodedBlock = done.value
-            return decoded
 
 
 def test_repairs_are_kept_per_transaction_and_add_up_to_the_block() -> None:
