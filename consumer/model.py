@@ -194,10 +194,6 @@ class Quarantined:
     data: bytes
     error: str
 
-    @property
-    def what(self) -> Undecodable:
-        return Undecodable.BLOCK if self.tx_index == WHOLE_BLOCK else Undecodable.TRANSACTION
-
 
 @dataclass(frozen=True, slots=True)
 class DecodedBlock:
