@@ -134,21 +134,17 @@ class PlaysLocked:
     async def writer_waits(self) -> int:
         """The backend pid of the writer once it waits on the lock (a commit in flight)."""
         async with await psycopg.AsyncConnection.connect(self.database, autocommit=True) as c:
-            pids: list[int] = []
 
-            async def waiting() -> bool:
+            async def pid_waiting_on_a_lock() -> int | None:
                 cur = await c.execute(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND datname = current_database()"
                 )
-                pids[:] = [row[0] for row in await cur.fetchall()]
-                return bool(pids)
+                row = await cur.fetchone()
+                return None if row is None else int(row[0])
 
-            for _ in range(500):
-                if await waiting():
-                    return pids[0]
-                await asyncio.sleep(0.02)
-        raise AssertionError("the writer never waited on the locked plays table")
+            pid: int = await eventually(pid_waiting_on_a_lock)
+            return pid
 
     async def __aexit__(self, *exc: object) -> None:
         await self.conn.rollback()
