@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from consumer.errors import CheckpointMissing
 from consumer.lease import Holder, find_holder, lock_key
 from consumer.readiness import Role
 from consumer.writer import Writer
@@ -43,7 +44,7 @@ async def test_an_ex_leader_stands_by_ready_and_resumes_from_the_checkpoint(
 ) -> None:
     devnet = await devnet_factory(height=30)
     first = Consumer(devnet.url, database)
-    with pytest.raises(Exception):  # noqa: B017 - no checkpoint yet: needs --from-height
+    with pytest.raises(CheckpointMissing):  # no checkpoint yet: needs --from-height
         await first.task
     a = Consumer(devnet.url, database, from_height=1)
     await a.reach(30)
