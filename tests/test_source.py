@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
-from prometheus_client import CollectorRegistry
 
 from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.config import SourceSettings
@@ -271,7 +270,7 @@ async def test_stream_mode_resumes_after_aborted_streams_without_gap_or_repeat(
 
 
 async def test_aborted_streams_are_counted_as_source_errors_and_node_reconnects(
-    devnet_factory: DevnetFactory, registry: CollectorRegistry, metrics: Metrics
+    devnet_factory: DevnetFactory, metrics: Metrics
 ) -> None:
     devnet = await devnet_factory(height=200, faults=Faults(abort_stream_every=30))
     async with open_source(devnet, metrics, source_mode="stream") as source:
@@ -293,7 +292,7 @@ async def test_unavailable_bursts_are_retried_and_the_blocks_arrive_complete(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_unavailable_bursts_are_counted_as_source_errors(
-    devnet_factory: DevnetFactory, registry: CollectorRegistry, metrics: Metrics, mode: str
+    devnet_factory: DevnetFactory, metrics: Metrics, mode: str
 ) -> None:
     devnet = await devnet_factory(height=200, faults=Faults(unavailable_calls=3))
     async with open_source(devnet, metrics, source_mode=mode) as source:
@@ -314,7 +313,7 @@ async def test_a_node_answering_unimplemented_to_stream_blocks_is_polled_instead
 
 
 async def test_unimplemented_stream_blocks_is_not_counted_as_an_error(
-    devnet_factory: DevnetFactory, registry: CollectorRegistry, metrics: Metrics
+    devnet_factory: DevnetFactory, metrics: Metrics
 ) -> None:
     devnet = await devnet_factory(height=200, faults=Faults(stream_unimplemented=True))
     async with open_source(devnet, metrics, source_mode="stream") as source:
@@ -453,7 +452,7 @@ class StreamCounter(DevnetServer):
 
 
 async def test_silence_at_the_tip_of_a_quiet_chain_reopens_the_stream_without_a_stall(
-    registry: CollectorRegistry, metrics: Metrics
+    metrics: Metrics,
 ) -> None:
     received: list[int] = []
 
