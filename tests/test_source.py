@@ -66,6 +66,12 @@ def heights(blocks: list[Block]) -> list[int]:
     return [block.height for block in blocks]
 
 
+async def follow(source: CoreSource, start: int, end: int | None, received: list[int]) -> None:
+    """Read the source as a consumer at the tip does, noting each height as it arrives."""
+    async for block in source.blocks(start, end):
+        received.append(block.height)
+
+
 class ChainWithBrokenBlock(DevChain):
     """A chain that serves `envelope` instead of its block at one height."""
 
@@ -395,13 +401,8 @@ async def test_poll_mode_at_the_tip_waits_for_heights_not_produced_yet(
     devnet: DevnetServer, metrics: Metrics
 ) -> None:
     received: list[int] = []
-
-    async def follow(source: CoreSource) -> None:
-        async for block in source.blocks(199, None):
-            received.append(block.height)
-
     async with open_source(devnet, metrics, source_mode="poll") as source:
-        follower = asyncio.create_task(follow(source))
+        follower = asyncio.create_task(follow(source, 199, None, received))
         try:
             await eventually(lambda: received == [199, 200])
             await devnet.advance()
@@ -419,16 +420,11 @@ async def test_poll_mode_waits_for_a_height_the_node_reported_but_does_not_serve
     metrics: Metrics,
 ) -> None:
     received: list[int] = []
-
-    async def follow(source: CoreSource) -> None:
-        async for block in source.blocks(195, 210):
-            received.append(block.height)
-
     async with (
         StatusAheadDevnet(DevChain(ChainSpec()), height=200) as devnet,
         open_source(devnet, metrics, source_mode="poll") as source,
     ):
-        follower = asyncio.create_task(follow(source))
+        follower = asyncio.create_task(follow(source, 195, 210, received))
         await eventually(lambda: received == list(range(195, 201)))
         await devnet.advance(10)
         async with asyncio.timeout(GUARD_S):
@@ -455,17 +451,12 @@ async def test_silence_at_the_tip_of_a_quiet_chain_reopens_the_stream_without_a_
     metrics: Metrics,
 ) -> None:
     received: list[int] = []
-
-    async def follow(source: CoreSource) -> None:
-        async for block in source.blocks(199, None):
-            received.append(block.height)
-
     devnet = StreamCounter(DevChain(ChainSpec()), height=200)
     async with (
         devnet,
         open_source(devnet, metrics, source_mode="stream", stall_timeout_s=0.05) as source,
     ):
-        follower = asyncio.create_task(follow(source))
+        follower = asyncio.create_task(follow(source, 199, None, received))
         try:
             await eventually(lambda: devnet.streams_opened >= 3)
             await devnet.advance()
