@@ -726,6 +726,7 @@ def test_a_block_decoded_in_parts_has_the_transactions_and_counts_of_the_whole(
         assert tuple(q for p in parts for q in p.quarantined) == whole.quarantined
         assert sum((Counter(p.tx_types) for p in parts), Counter()) == Counter(whole.tx_types)
         assert sum((Counter(p.repaired) for p in parts), Counter()) == Counter(whole.repaired)
+        assert sum((Counter(p.skipped) for p in parts), Counter()) == Counter(whole.skipped)
 
 
 def test_parts_hold_at_least_one_transaction_and_about_part_bytes_each() -> None:
