@@ -141,11 +141,12 @@ def decode_steps(block: Block, first_index: int = 0) -> Generator[int, None, Dec
     """`decode_block` in small steps: still pure, still total. `first_index` is
     the position of `block`'s first transaction when it is one of block_parts.
 
-    Yields the number of plays decoded so far after each transaction and every
-    `_STEP_PLAYS` plays inside a big one, and returns the DecodedBlock. A block of
-    thousands of plays takes ~8 ms to decode; a caller on an event loop can let
-    other tasks run between steps (the runner lets the writer send its next
-    statement) instead of leaving PostgreSQL waiting for a whole block.
+    Yields the number of plays decoded so far after every `_STEP_PLAYS` plays of a
+    plays transaction and at its end (other transactions are only parsed, and
+    yield nothing), and returns the DecodedBlock. A block of thousands of plays
+    takes ~8 ms to decode; a caller on an event loop can let other tasks run
+    between steps (the pipeline lets the writer send its next statement) instead
+    of leaving PostgreSQL waiting for a whole block.
     """
     block_time = _utc(block.time_s, block.time_ns)
     if block.error:
