@@ -87,9 +87,10 @@ def decode_block(block: Block, first_index: int = 0) -> DecodedBlock:
 
 
 # A block with more transaction bytes than this is decoded a part of
-# LARGE_BLOCK_PART_BYTES at a time by every reader (the writer, the audit), never
+# LARGE_BLOCK_PART_BYTES at a time by the service (the writer, the audit), never
 # whole: decoded rows take about six times the wire bytes, so a 100 MB block
-# held decoded would take most of a pod's memory (README "Memory").
+# held decoded would take most of a pod's memory (README "Memory"). `verify`
+# is the exception: it compares every row at a slot, so it decodes blocks whole.
 LARGE_BLOCK_BYTES = 4 * 1024 * 1024
 LARGE_BLOCK_PART_BYTES = 1024 * 1024
 
