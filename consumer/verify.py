@@ -287,9 +287,10 @@ async def verify_range(
         report.add(found)
         if repair and found.missing:
             result = await repairer.write(found.missing, set_aside=True)
-            # Less any the live service wrote meanwhile: the ledger let those through once.
+            # Less any the live service wrote meanwhile (the ledger let those through
+            # once), and any PostgreSQL refused: set aside, their plays are not written.
             offered = sum(len(b.txs) for b in found.missing)
-            report.repaired_transactions += offered - result.duplicates
+            report.repaired_transactions += offered - result.duplicates - result.set_aside
             report.repaired_plays += result.plays_written
             report.conflicts.extend(result.conflicts)
             await record_differences(conn, chain_id, found.differences)

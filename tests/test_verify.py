@@ -162,6 +162,30 @@ async def test_a_ledger_transaction_the_node_does_not_have_is_extra_and_kept(
     assert await cur.fetchone() == (1,)
 
 
+async def test_a_repair_postgresql_refuses_is_set_aside_and_not_counted_as_repaired(
+    devnet_factory: DevnetFactory, database: str, conn: psycopg.AsyncConnection[TupleRow]
+) -> None:
+    devnet = await devnet_factory(height=LAST)
+    await write_delivered(conn, devnet.chain, drop_first=True)
+    dropped = first_play_tx_dropped(devnet.chain)
+    bad = min(
+        h for h in range(1, LAST + 1) if (txs := devnet.chain.txs(h)) and txs[0].hash in dropped
+    )
+    await conn.execute(
+        f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.slot = {bad} THEN RAISE EXCEPTION 'height {bad} refused'; END IF;
+            RETURN NEW; END $$;
+            CREATE TRIGGER refuse AFTER INSERT ON plays FOR EACH ROW EXECUTE FUNCTION refuse()"""
+    )
+    report = await verify(devnet, database, repair=True)
+    assert report.repaired_transactions == len(dropped) - 1
+    assert not report.ok  # the set-aside one's plays are still not in plays
+    cur = await conn.execute(
+        "SELECT block_height FROM core_plays.quarantine WHERE kind = 'refused'"
+    )
+    assert await cur.fetchall() == [(bad,)]
+
+
 async def test_repairs_beside_the_live_service_never_double_a_play(
     devnet_factory: DevnetFactory, database: str, conn: psycopg.AsyncConnection[TupleRow]
 ) -> None:
