@@ -293,6 +293,7 @@ async def verify_range(
             report.repaired_transactions += offered - result.duplicates - result.set_aside
             report.repaired_plays += result.plays_written
             report.conflicts.extend(result.conflicts)
+        if repair:
             await record_differences(conn, chain_id, found.differences)
         if progress is not None:
             progress(chunk[-1].height - from_height + 1, total, time.monotonic() - started)

@@ -160,6 +160,9 @@ async def test_a_ledger_transaction_the_node_does_not_have_is_extra_and_kept(
         "SELECT count(*) FROM core_plays.tx_ledger WHERE tx_hash = 'NOT-ON-CHAIN'"
     )
     assert await cur.fetchone() == (1,)
+    # Kept for the audit trail, though nothing in its range was missing to repair.
+    cur = await conn.execute("SELECT kind, block_height, tx_hash FROM core_plays.conflicts")
+    assert await cur.fetchall() == [("extra", 9, "NOT-ON-CHAIN")]
 
 
 async def test_a_repair_postgresql_refuses_is_set_aside_and_not_counted_as_repaired(
