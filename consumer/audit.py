@@ -31,7 +31,7 @@ from psycopg.rows import TupleRow
 
 from consumer.compare import Findings, compare_blocks
 from consumer.config import SourceMode, SourceSettings
-from consumer.database import SESSION_OPTIONS
+from consumer.database import open_session
 from consumer.decode import LARGE_BLOCK_BYTES, decode_block, plays_positions, wire_bytes
 from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
@@ -154,12 +154,8 @@ class Auditor:
                 await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
-        conn = await psycopg.AsyncConnection.connect(
-            self._conninfo,
-            autocommit=True,
-            application_name="core-plays-consumer-audit",
-            options=SESSION_OPTIONS,  # a DBA's statement timeouts are not the audit's
-        )
+        # The writer's session options: a DBA's statement timeouts are not the audit's.
+        conn = await open_session(self._conninfo, "core-plays-consumer-audit")
         try:
             if not self._saved:  # first connection of this session: where the last one stopped
                 cur = await conn.execute(_READ_AUDITED, (self.chain_id, self.stream))
