@@ -8,7 +8,7 @@ import psycopg
 from prometheus_client import CollectorRegistry
 
 from consumer.audit import Auditor
-from consumer.devnet import Faults
+from consumer.devnet import Faults, TxKind
 from consumer.metrics import Metrics
 from consumer.model import DecodedBlock, Rpc
 from consumer.source import CoreClient
@@ -117,3 +117,37 @@ async def test_a_restart_re_reads_what_was_written_but_not_yet_audited(
         rows = await plays_rows(conn)
     above = Counter({row: n for row, n in rows.items() if row[3] > 10})
     assert above == expected_rows(chain, 11, LAST + 5)
+
+
+async def test_a_missing_transaction_postgresql_refuses_is_set_aside_and_counted(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    # StreamBlocks drops each block's first transaction; only the audit writes them.
+    devnet = await devnet_factory(height=LAST, faults=Faults(stream_omits_first_tx=True))
+    refused = next(
+        txs[0].plays[0].signature
+        for h in range(1, LAST + 1)
+        if (txs := devnet.chain.txs(h))
+        and txs[0].kind is TxKind.PLAYS
+        and txs[0].plays
+        and txs[0].plays[0].signature
+    )
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.signature = '{refused}' THEN RAISE EXCEPTION 'refused'; END IF;
+                RETURN NEW; END $$;
+                CREATE TRIGGER refuse AFTER INSERT ON plays
+                FOR EACH ROW EXECUTE FUNCTION refuse()"""
+        )
+    metrics = Metrics(CollectorRegistry())
+    await run_consumer(
+        devnet.url, database, metrics, from_height=1, to_height=LAST, source_mode="stream"
+    )
+    assert sample(metrics, "set_aside_total") == 1
+    assert sample(metrics, "set_aside_pending") == 1
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM core_plays.quarantine WHERE kind = 'refused'"
+        )
+        assert await cur.fetchone() == (1,)
