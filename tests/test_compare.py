@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from consumer.compare import LedgerEntry, compare_blocks
+from consumer.compare import Findings, LedgerEntry, compare_blocks
 from consumer.model import DecodedBlock, DecodedTx, PlayRow, Rpc
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -35,8 +35,8 @@ def at(height: int, *plays: PlayRow) -> dict[int, Counter[PlayRow]]:
     return {height: Counter(plays)}
 
 
-def kinds(found: object) -> dict[str, int]:
-    return {k.value: n for k, n in found.counts().items()}  # type: ignore[attr-defined]
+def kinds(found: Findings) -> dict[str, int]:
+    return {k.value: n for k, n in found.counts().items()}
 
 
 def test_a_block_written_whole_has_no_difference() -> None:
