@@ -27,7 +27,7 @@ from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
-from consumer.model import Block, Conflict, DecodedBlock, PlayRow, Rpc
+from consumer.model import Block, DecodedBlock, PlayRow, Rpc
 from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
@@ -91,7 +91,6 @@ class VerifyReport:
     foreign: int = 0
     repaired_transactions: int = 0
     repaired_plays: int = 0
-    conflicts: list[Conflict] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, found: Findings) -> None:
@@ -292,7 +291,6 @@ async def verify_range(
             offered = sum(len(b.txs) for b in found.missing)
             report.repaired_transactions += offered - result.duplicates - result.set_aside
             report.repaired_plays += result.plays_written
-            report.conflicts.extend(result.conflicts)
         if repair:
             await record_differences(conn, chain_id, found.differences)
         if progress is not None:
