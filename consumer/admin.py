@@ -296,18 +296,16 @@ async def quarantine_command(
         return 1 if pending else 0
 
 
+# Skips and repairs in one pass over the range's ledger rows (jsonb_each_text of
+# NULL is no rows).
 _REASONS = """
-SELECT 'skipped', r.key, sum(r.value::bigint) FROM core_plays.tx_ledger l,
-       jsonb_each_text(l.skip_reasons) AS r
+SELECT s.section, r.key, sum(r.value::bigint) FROM core_plays.tx_ledger l,
+       LATERAL (VALUES ('skipped', l.skip_reasons), ('repaired', l.repair_reasons))
+           AS s(section, reasons),
+       jsonb_each_text(s.reasons) AS r
 WHERE l.chain_id = %(chain)s AND l.block_height BETWEEN %(low)s AND %(high)s
-  AND l.skip_reasons IS NOT NULL
-GROUP BY 2
-UNION ALL
-SELECT 'repaired', r.key, sum(r.value::bigint) FROM core_plays.tx_ledger l,
-       jsonb_each_text(l.repair_reasons) AS r
-WHERE l.chain_id = %(chain)s AND l.block_height BETWEEN %(low)s AND %(high)s
-  AND l.repair_reasons IS NOT NULL
-GROUP BY 2
+  AND (l.skip_reasons IS NOT NULL OR l.repair_reasons IS NOT NULL)
+GROUP BY 1, 2
 UNION ALL
 SELECT 'quarantined',
        CASE WHEN kind = 'refused' AND written_at IS NOT NULL THEN 'refused, since written'

@@ -31,13 +31,13 @@ from psycopg.rows import TupleRow
 
 from consumer.compare import Findings, compare_blocks
 from consumer.config import SourceMode, SourceSettings
-from consumer.database import SESSION_OPTIONS
+from consumer.database import open_session
 from consumer.decode import LARGE_BLOCK_BYTES, decode_block, plays_positions, wire_bytes
 from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, DecodedBlock, DecodedTx, DifferenceKind, Rpc
 from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
-from consumer.sink import PlaysSink
+from consumer.sink import PlaysSink, count_set_aside
 from consumer.source import CoreClient, CoreSource
 from consumer.verify import read_written, record_differences
 
@@ -154,12 +154,8 @@ class Auditor:
                 await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
-        conn = await psycopg.AsyncConnection.connect(
-            self._conninfo,
-            autocommit=True,
-            application_name="core-plays-consumer-audit",
-            options=SESSION_OPTIONS,  # a DBA's statement timeouts are not the audit's
-        )
+        # The writer's session options: a DBA's statement timeouts are not the audit's.
+        conn = await open_session(self._conninfo, "core-plays-consumer-audit")
         try:
             if not self._saved:  # first connection of this session: where the last one stopped
                 cur = await conn.execute(_READ_AUDITED, (self.chain_id, self.stream))
@@ -212,18 +208,25 @@ class Auditor:
             return
         for kind, n in found.counts().items():
             self.metrics.audit_mismatches_total.labels(kind.value).inc(n)
-        written = 0
+        written = set_aside = 0
         if found.missing:
             repair = PlaysSink(conn, self.chain_id, self.stream, 0, checkpoint=False)
             # What PostgreSQL refuses is set aside for `quarantine retry`, not retried here.
             result = await repair.write(found.missing, set_aside=True)
-            written = result.plays_written
+            written, set_aside = result.plays_written, result.set_aside
             self.metrics.audit_repaired_plays_total.inc(written)
+            if set_aside:
+                self.metrics.set_aside_total.inc(set_aside)
+                pending = await count_set_aside(conn, self.chain_id)
+                self.metrics.set_aside_pending.set(pending)  # what pages
             for conflict in result.conflicts:
                 self.metrics.source_conflicts_total.labels(conflict.kind).inc()
         await record_differences(conn, self.chain_id, found.differences)
+        # Which missing transaction was set aside the result does not say: claim
+        # "repaired" only when none was.
+        mended = " (repaired)" if not set_aside else ""
         for difference in found.differences[:_LOGGED_PER_ROUND]:
-            repaired = " (repaired)" if difference.kind is DifferenceKind.MISSING else ""
+            repaired = mended if difference.kind is DifferenceKind.MISSING else ""
             log.error(
                 "audit: a delivered block differs from the same block re-read through "
                 "GetBlocks: %s%s",
@@ -239,6 +242,15 @@ class Auditor:
             )
         if written:
             log.error("audit: wrote %d plays that the first delivery lacked", written)
+        if set_aside:
+            log.error(
+                "audit: set aside %d missing transaction(s) PostgreSQL refuses in heights "
+                "%d..%d: their plays are NOT in plays yet; fix the cause, then run "
+                "`plays-consumer quarantine retry`",
+                set_aside,
+                low,
+                high,
+            )
 
     async def _save(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         """Keep the audited height, at most once a minute unless someone waits for it

@@ -78,8 +78,11 @@ class Retry:
         if self.stop is None:
             await self.backoff.sleep(delay)
             return True
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation
+        # that arrives as stop is set (SIGTERM does both in one turn of the loop).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self.stop.wait()
         return not self.stop.is_set()
 
     def reset(self) -> None:

@@ -34,7 +34,6 @@ from consumer.errors import ConfigError, SinkUnavailable
 from consumer.migrate import prepare_database
 
 __all__ = [
-    "SESSION_OPTIONS",
     "Fault",
     "Waiting",
     "classify",
@@ -135,11 +134,14 @@ def describe(exc: psycopg.Error) -> str:
     return f"{text} (SQLSTATE {code})" if code else text
 
 
-async def open_session(conninfo: str) -> psycopg.AsyncConnection[TupleRow]:
-    """One attempt at a session with the settings the service needs; SinkUnavailable if not."""
+async def open_session(
+    conninfo: str, application_name: str = APPLICATION_NAME
+) -> psycopg.AsyncConnection[TupleRow]:
+    """One attempt at a session with the settings the service needs; SinkUnavailable if not.
+    A session of another part (the audit) says so in its name, for pg_stat_activity."""
     try:
         return await psycopg.AsyncConnection.connect(
-            conninfo, autocommit=True, application_name=APPLICATION_NAME, options=SESSION_OPTIONS
+            conninfo, autocommit=True, application_name=application_name, options=SESSION_OPTIONS
         )
     except psycopg.Error as exc:
         raise SinkUnavailable(describe(exc)) from exc

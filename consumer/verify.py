@@ -27,7 +27,7 @@ from consumer.config import SourceMode, SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
-from consumer.model import Block, Conflict, DecodedBlock, PlayRow, Rpc
+from consumer.model import Block, DecodedBlock, PlayRow, Rpc
 from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
@@ -91,7 +91,6 @@ class VerifyReport:
     foreign: int = 0
     repaired_transactions: int = 0
     repaired_plays: int = 0
-    conflicts: list[Conflict] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, found: Findings) -> None:
@@ -287,11 +286,12 @@ async def verify_range(
         report.add(found)
         if repair and found.missing:
             result = await repairer.write(found.missing, set_aside=True)
-            # Less any the live service wrote meanwhile: the ledger let those through once.
+            # Less any the live service wrote meanwhile (the ledger let those through
+            # once), and any PostgreSQL refused: set aside, their plays are not written.
             offered = sum(len(b.txs) for b in found.missing)
-            report.repaired_transactions += offered - result.duplicates
+            report.repaired_transactions += offered - result.duplicates - result.set_aside
             report.repaired_plays += result.plays_written
-            report.conflicts.extend(result.conflicts)
+        if repair:
             await record_differences(conn, chain_id, found.differences)
         if progress is not None:
             progress(chunk[-1].height - from_height + 1, total, time.monotonic() - started)

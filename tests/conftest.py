@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.backoff import Backoff
 from consumer.config import (
@@ -40,6 +40,7 @@ from consumer.migrate import apply_migrations
 from consumer.runner import Runner
 from tests.databases import TestDatabases
 from tests.embedded_pg import EmbeddedPostgres, answers
+from tests.proxy import TcpProxy
 
 # The helpers test modules import (fixtures are found by pytest, not imported).
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "restart_server",
     "run_consumer",
     "sample",
+    "through",
 ]
 
 # The PostgreSQL the suite uses. When nothing answers there (trust auth), the suite runs
@@ -284,6 +286,22 @@ async def devnet_factory() -> AsyncIterator[DevnetFactory]:
 async def devnet(devnet_factory: DevnetFactory) -> DevnetServer:
     """The default chain: seed 1, typical profile, 200 blocks, no live growth."""
     return await devnet_factory()
+
+
+@pytest_asyncio.fixture
+async def db_proxy() -> AsyncIterator[TcpProxy]:
+    """A loopback proxy in front of the suite's PostgreSQL, for outages a test makes
+    with stop() and ends with start(); connect by way of it with `through`."""
+    params = conninfo_to_dict(ADMIN_URL)
+    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port") or 5432))
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+def through(proxy: TcpProxy, database: str) -> str:
+    """The URL of `database` by way of `proxy`."""
+    return make_conninfo(database, host=proxy.host, port=proxy.port)
 
 
 def make_settings(core_url: str, database_url: str, **overrides: Any) -> Settings:

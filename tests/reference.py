@@ -77,6 +77,16 @@ def play_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
     }
 
 
+def first_play_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
+    """The plays transactions that stand first in their block: what a stream that
+    drops each block's first transaction (Faults.stream_omits_first_tx) loses."""
+    return {
+        txs[0].hash
+        for h in range(first, last + 1)
+        if (txs := chain.txs(h)) and txs[0].kind is TxKind.PLAYS
+    }
+
+
 def malformed_tx_hashes(chain: DevChain, first: int, last: int) -> set[str]:
     return {
         tx.hash

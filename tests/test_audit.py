@@ -8,18 +8,14 @@ import psycopg
 from prometheus_client import CollectorRegistry
 
 from consumer.audit import Auditor
-from consumer.devnet import DevChain, Faults
+from consumer.devnet import Faults, TxKind
 from consumer.metrics import Metrics
 from consumer.model import DecodedBlock, Rpc
 from consumer.source import CoreClient
 from tests.conftest import DevnetFactory, make_settings, run_consumer, sample
-from tests.reference import expected_rows, plays_rows
+from tests.reference import expected_rows, first_play_tx_hashes, plays_rows
 
 LAST = 120
-
-
-def dropped_play_txs(chain: DevChain, last: int) -> int:
-    return sum(1 for h in range(1, last + 1) if (txs := chain.txs(h)) and txs[0].kind == "plays")
 
 
 def auditor(url: str) -> Auditor:
@@ -70,8 +66,8 @@ async def test_following_a_stream_that_drops_transactions_ends_with_every_play(
     )
     async with await psycopg.AsyncConnection.connect(database) as conn:
         assert await plays_rows(conn) == expected_rows(chain, 1, LAST)
-    assert sample(metrics, "audit_mismatches_total", kind="missing") == dropped_play_txs(
-        chain, LAST
+    assert sample(metrics, "audit_mismatches_total", kind="missing") == len(
+        first_play_tx_hashes(chain, 1, LAST)
     )
     assert sample(metrics, "audit_repaired_plays_total") > 0
 
@@ -121,3 +117,37 @@ async def test_a_restart_re_reads_what_was_written_but_not_yet_audited(
         rows = await plays_rows(conn)
     above = Counter({row: n for row, n in rows.items() if row[3] > 10})
     assert above == expected_rows(chain, 11, LAST + 5)
+
+
+async def test_a_missing_transaction_postgresql_refuses_is_set_aside_and_counted(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    # StreamBlocks drops each block's first transaction; only the audit writes them.
+    devnet = await devnet_factory(height=LAST, faults=Faults(stream_omits_first_tx=True))
+    refused = next(
+        txs[0].plays[0].signature
+        for h in range(1, LAST + 1)
+        if (txs := devnet.chain.txs(h))
+        and txs[0].kind is TxKind.PLAYS
+        and txs[0].plays
+        and txs[0].plays[0].signature
+    )
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.signature = '{refused}' THEN RAISE EXCEPTION 'refused'; END IF;
+                RETURN NEW; END $$;
+                CREATE TRIGGER refuse AFTER INSERT ON plays
+                FOR EACH ROW EXECUTE FUNCTION refuse()"""
+        )
+    metrics = Metrics(CollectorRegistry())
+    await run_consumer(
+        devnet.url, database, metrics, from_height=1, to_height=LAST, source_mode="stream"
+    )
+    assert sample(metrics, "set_aside_total") == 1
+    assert sample(metrics, "set_aside_pending") == 1
+    async with await psycopg.AsyncConnection.connect(database) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM core_plays.quarantine WHERE kind = 'refused'"
+        )
+        assert await cur.fetchone() == (1,)

@@ -117,3 +117,16 @@ async def test_stop_during_a_pause_ends_it() -> None:
     await asyncio.sleep(0)
     stop.set()
     assert await pause is False
+
+
+async def test_a_pause_cancelled_as_stop_is_set_is_still_cancelled() -> None:
+    # SIGTERM sets stop and the session's tasks are cancelled in the same turn of
+    # the loop: the cancellation must reach the retrying task, not be swallowed.
+    stop = asyncio.Event()
+    retry = Retry(Backoff(initial_s=100.0, cap_s=100.0), stop)
+    pause = asyncio.create_task(retry.pause())
+    await asyncio.sleep(0)
+    stop.set()
+    pause.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pause

@@ -4,12 +4,10 @@ loses nothing; plays it still cannot write are set aside, never dropped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-import pytest_asyncio
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from consumer.admin import quarantine_command
 from tests.conftest import (
@@ -19,23 +17,11 @@ from tests.conftest import (
     eventually,
     make_settings,
     restart_server,
+    through,
 )
 from tests.consumers import Consumer, query
 from tests.proxy import TcpProxy
 from tests.reference import assert_aggregates_exact, assert_rows_exact, expected_rows, new_plays
-
-
-@pytest_asyncio.fixture
-async def db_proxy() -> AsyncIterator[TcpProxy]:
-    params = conninfo_to_dict(ADMIN_URL)
-    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port") or 5432))
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
-
-
-def through(proxy: TcpProxy, database: str) -> str:
-    return make_conninfo(database, host="127.0.0.1", port=proxy.port)
 
 
 async def cut_until_noticed(proxy: TcpProxy, consumer: Consumer) -> None:

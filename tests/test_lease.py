@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-import pytest_asyncio
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.errors import CheckpointMissing
 from consumer.lease import Holder, find_holder, lock_key
 from consumer.readiness import Role
 from consumer.writer import Writer
-from tests.conftest import ADMIN_URL, DevnetFactory, eventually
+from tests.conftest import ADMIN_URL, DevnetFactory, eventually, through
 from tests.consumers import Consumer, query
 from tests.proxy import TcpProxy
 from tests.reference import assert_rows_exact
@@ -28,15 +25,6 @@ async def holder(database: str, chain_id: str, stream: str = "live") -> Holder |
 
 async def kill(pid: int) -> None:
     await query(ADMIN_URL, "SELECT pg_terminate_backend(%s)", pid)
-
-
-@pytest_asyncio.fixture
-async def db_proxy() -> AsyncIterator[TcpProxy]:
-    params = conninfo_to_dict(ADMIN_URL)
-    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port") or 5432))
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
 
 
 async def test_an_ex_leader_stands_by_ready_and_resumes_from_the_checkpoint(
@@ -73,7 +61,7 @@ async def test_is_leader_drops_as_soon_as_the_writers_session_is_lost(
     devnet_factory: DevnetFactory, database: str, db_proxy: TcpProxy
 ) -> None:
     devnet = await devnet_factory(height=30)
-    url = make_conninfo(database, host="127.0.0.1", port=db_proxy.port)
+    url = through(db_proxy, database)
     consumer = Consumer(devnet.url, url, from_height=1, retry_cap_s=5.0)
     await consumer.reach(30)
     assert consumer.value("is_leader") == 1

@@ -159,20 +159,26 @@ async def _migrate_and_grant(roles: TwoRoles) -> str:
     return grants
 
 
-async def test_run_works_as_a_role_with_only_the_printed_grants(
-    devnet: DevnetServer, two_roles: TwoRoles
-) -> None:
-    await _migrate_and_grant(two_roles)
+async def _run_as_runtime(devnet: DevnetServer, roles: TwoRoles, to_height: int) -> tuple[int, str]:
+    """`run` of heights 1..to_height as the runtime role: the exit code and stderr."""
     code, _, err = await run_once(
         "run",
         *flags(
             core_url=devnet.url,
-            database_url=two_roles.runtime_url,
+            database_url=roles.runtime_url,
             from_height=1,
-            to_height=40,
+            to_height=to_height,
             metrics_addr="127.0.0.1:0",
         ),
     )
+    return code, err
+
+
+async def test_run_works_as_a_role_with_only_the_printed_grants(
+    devnet: DevnetServer, two_roles: TwoRoles
+) -> None:
+    await _migrate_and_grant(two_roles)
+    code, err = await _run_as_runtime(devnet, two_roles, to_height=40)
     assert code == 0, err
     async with await connect(two_roles.owner_url) as conn:
         assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 40)
@@ -201,16 +207,7 @@ async def test_run_without_a_grant_names_every_missing_privilege_and_exits_2(
             f'REVOKE INSERT ON plays FROM "{two_roles.runtime}";'
             f'REVOKE TEMPORARY ON DATABASE "{two_roles.database}" FROM "{two_roles.runtime}"'
         )
-    code, _, err = await run_once(
-        "run",
-        *flags(
-            core_url=devnet.url,
-            database_url=two_roles.runtime_url,
-            from_height=1,
-            to_height=40,
-            metrics_addr="127.0.0.1:0",
-        ),
-    )
+    code, err = await _run_as_runtime(devnet, two_roles, to_height=40)
     [line] = [x for x in err.splitlines() if x.startswith("plays-consumer: error:")]
     assert code == 2, err
     assert "TEMPORARY on database" in line and "INSERT on table public.plays" in line
@@ -224,16 +221,7 @@ async def test_run_on_a_schema_behind_tells_the_runtime_role_to_migrate_as_the_o
     latest = migrations()[-1].version
     async with await connect(two_roles.owner_url) as conn:
         await conn.execute("DELETE FROM core_plays.migrations WHERE version = %s", (latest,))
-    code, _, err = await run_once(
-        "run",
-        *flags(
-            core_url=devnet.url,
-            database_url=two_roles.runtime_url,
-            from_height=1,
-            to_height=10,
-            metrics_addr="127.0.0.1:0",
-        ),
-    )
+    code, err = await _run_as_runtime(devnet, two_roles, to_height=10)
     assert code == 2, err
     assert f"schema version {latest - 1}" in err
     assert "run `plays-consumer migrate` as the owner" in err

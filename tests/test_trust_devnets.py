@@ -15,14 +15,9 @@ from consumer.model import DifferenceKind
 from consumer.verify import VerifyReport
 from tests.conftest import DevnetFactory, run_consumer, sample
 from tests.consumers import verify_heights
-from tests.reference import expected_rows, plays_rows
+from tests.reference import expected_rows, first_play_tx_hashes, plays_rows
 
 LAST = 150
-
-
-def first_play_txs(chain: DevChain, last: int) -> int:
-    """Blocks whose first transaction is a plays transaction: what the bad stream loses."""
-    return sum(1 for h in range(1, last + 1) if (txs := chain.txs(h)) and txs[0].kind == "plays")
 
 
 def multi_play_tx_blocks(chain: DevChain, last: int) -> int:
@@ -48,7 +43,7 @@ async def test_a_stream_without_first_transactions_ends_with_every_play_and_says
         devnet.url, database, metrics, from_height=1, to_height=LAST, source_mode="stream"
     )
     assert await rows_match(database, devnet.chain)
-    lost = first_play_txs(devnet.chain, LAST)
+    lost = len(first_play_tx_hashes(devnet.chain, 1, LAST))
     assert lost > 0
     assert sample(metrics, "audit_mismatches_total", kind="missing") == lost
     # The stream shifted every later transaction one place up: the repaired ones
@@ -65,7 +60,7 @@ async def test_verify_reports_what_a_stream_lost_before_a_repair_and_nothing_aft
         devnet.url, database, from_height=1, to_height=LAST, source_mode="stream", no_audit=True
     )
     before = await verify(devnet, database)
-    assert before.counts[DifferenceKind.MISSING] == first_play_txs(devnet.chain, LAST)
+    assert before.counts[DifferenceKind.MISSING] == len(first_play_tx_hashes(devnet.chain, 1, LAST))
     repaired = await verify(devnet, database, repair=True)
     assert repaired.repaired_transactions == before.counts[DifferenceKind.MISSING]
     after = await verify(devnet, database)

@@ -22,7 +22,12 @@ from consumer.verify import VerifyReport
 from tests.conftest import DevnetFactory, run_consumer
 from tests.consumers import verify_heights
 from tests.procs import flags, run_once
-from tests.reference import assert_aggregates_exact, expected_rows, plays_rows
+from tests.reference import (
+    assert_aggregates_exact,
+    expected_rows,
+    first_play_tx_hashes,
+    plays_rows,
+)
 
 LAST = 120
 
@@ -60,13 +65,6 @@ async def verify(
     return await verify_heights(devnet.url, database, chain_id, 1, last, repair)
 
 
-def first_play_tx_dropped(chain: DevChain) -> set[str]:
-    """Hashes of the plays transactions that stood first in their block."""
-    return {
-        txs[0].hash for h in range(1, LAST + 1) if (txs := chain.txs(h)) and txs[0].kind == "plays"
-    }
-
-
 async def test_a_range_written_from_complete_deliveries_matches(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
@@ -84,7 +82,7 @@ async def test_each_transaction_a_delivery_missed_is_reported_with_its_height_an
     devnet = await devnet_factory(height=LAST)
     await write_delivered(conn, devnet.chain, drop_first=True)
     report = await verify(devnet, database)
-    dropped = first_play_tx_dropped(devnet.chain)
+    dropped = first_play_tx_hashes(devnet.chain, 1, LAST)
     assert dropped  # the chain has such blocks, or this test shows nothing
     assert not report.ok
     assert report.counts[DifferenceKind.MISSING] == len(dropped)
@@ -97,7 +95,7 @@ async def test_repair_writes_what_was_missing_once_and_a_second_verify_matches(
     devnet = await devnet_factory(height=LAST)
     await write_delivered(conn, devnet.chain, drop_first=True)
     repaired = await verify(devnet, database, repair=True)
-    assert repaired.repaired_transactions == len(first_play_tx_dropped(devnet.chain))
+    assert repaired.repaired_transactions == len(first_play_tx_hashes(devnet.chain, 1, LAST))
     assert repaired.ok
     assert await plays_rows(conn) == expected_rows(devnet.chain, 1, LAST)
     assert (await verify(devnet, database)).ok
@@ -160,6 +158,33 @@ async def test_a_ledger_transaction_the_node_does_not_have_is_extra_and_kept(
         "SELECT count(*) FROM core_plays.tx_ledger WHERE tx_hash = 'NOT-ON-CHAIN'"
     )
     assert await cur.fetchone() == (1,)
+    # Kept for the audit trail, though nothing in its range was missing to repair.
+    cur = await conn.execute("SELECT kind, block_height, tx_hash FROM core_plays.conflicts")
+    assert await cur.fetchall() == [("extra", 9, "NOT-ON-CHAIN")]
+
+
+async def test_a_repair_postgresql_refuses_is_set_aside_and_not_counted_as_repaired(
+    devnet_factory: DevnetFactory, database: str, conn: psycopg.AsyncConnection[TupleRow]
+) -> None:
+    devnet = await devnet_factory(height=LAST)
+    await write_delivered(conn, devnet.chain, drop_first=True)
+    dropped = first_play_tx_hashes(devnet.chain, 1, LAST)
+    bad = min(
+        h for h in range(1, LAST + 1) if (txs := devnet.chain.txs(h)) and txs[0].hash in dropped
+    )
+    await conn.execute(
+        f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.slot = {bad} THEN RAISE EXCEPTION 'height {bad} refused'; END IF;
+            RETURN NEW; END $$;
+            CREATE TRIGGER refuse AFTER INSERT ON plays FOR EACH ROW EXECUTE FUNCTION refuse()"""
+    )
+    report = await verify(devnet, database, repair=True)
+    assert report.repaired_transactions == len(dropped) - 1
+    assert not report.ok  # the set-aside one's plays are still not in plays
+    cur = await conn.execute(
+        "SELECT block_height FROM core_plays.quarantine WHERE kind = 'refused'"
+    )
+    assert await cur.fetchall() == [(bad,)]
 
 
 async def test_repairs_beside_the_live_service_never_double_a_play(
@@ -192,7 +217,9 @@ async def test_the_command_exits_1_on_differences_and_0_once_repaired(
     common = flags(core_url=devnet.url, database_url=database, from_height=1, to_height=LAST)
     code, out, _ = await run_once("verify", *common, "--json")
     assert code == 1
-    assert json.loads(out)["differences"]["missing"] == len(first_play_tx_dropped(devnet.chain))
+    assert json.loads(out)["differences"]["missing"] == len(
+        first_play_tx_hashes(devnet.chain, 1, LAST)
+    )
     code, out, _ = await run_once("verify", *common, "--repair")
     assert code == 0, out
     code, out, _ = await run_once("verify", *common)
