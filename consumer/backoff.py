@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "Retry"]
+__all__ = ["Backoff", "Retry", "stopped_within"]
 
 
 @dataclass(slots=True)
@@ -78,12 +78,19 @@ class Retry:
         if self.stop is None:
             await self.backoff.sleep(delay)
             return True
-        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation
-        # that arrives as stop is set (SIGTERM does both in one turn of the loop).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self.stop.wait()
-        return not self.stop.is_set()
+        return not await stopped_within(self.stop, delay)
 
     def reset(self) -> None:
         self.backoff.reset()
+
+
+async def stopped_within(stop: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `stop` is set or `timeout_s` has passed; whether stop is set.
+
+    asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation
+    that arrives as stop is set (SIGTERM does both in one turn of the loop).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await stop.wait()
+    return stop.is_set()

@@ -16,7 +16,6 @@ whose session is gone cannot write anything at all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import TupleRow
 
+from consumer.backoff import stopped_within
 from consumer.database import describe, open_session
 from consumer.errors import SinkUnavailable
 
@@ -110,8 +110,7 @@ class Lease:
                 self._on_change(False)
                 self._on_standby(holder)
                 announced = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.retry_s)
+            await stopped_within(stop, self.retry_s)
         return None
 
     async def check(self) -> None:
