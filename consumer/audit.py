@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import psycopg
-from prometheus_client import CollectorRegistry
 from psycopg.rows import TupleRow
 
 from consumer.compare import Findings, compare_blocks
-from consumer.config import SourceMode, SourceSettings
+from consumer.config import SourceSettings
 from consumer.database import open_session
 from consumer.decode import LARGE_BLOCK_BYTES, decode_block, plays_positions, wire_bytes
 from consumer.errors import SinkUnavailable, SourceUnavailable
@@ -77,15 +76,8 @@ class Auditor:
         self.interval_s = interval_s
         self.metrics = metrics
         self._conninfo = conninfo
-        # GetBlocks whatever the service follows with; its fetches are not the
-        # pipeline's, so they do not go into the pipeline's fetch histogram.
-        self._source = CoreSource(
-            client,
-            replace(source_settings, source_mode=SourceMode.POLL),
-            Metrics(CollectorRegistry()),
-            chain_id=chain_id,  # a re-read of another chain is refused, as the stream's is
-            quiet=True,
-        )
+        # A re-read of another chain is refused, as the stream's is.
+        self._source = CoreSource.rereader(client, source_settings, chain_id, quiet=True)
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
         self._committed = 0
         self._saved = 0

@@ -19,16 +19,17 @@ import pathlib
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
+from prometheus_client import CollectorRegistry
 
 from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.backoff import Backoff
-from consumer.config import SourceSettings, parse_core_url
+from consumer.config import SourceMode, SourceSettings, parse_core_url
 from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, RawTx, ReconnectTarget, Rpc
@@ -290,7 +291,7 @@ class CoreSource:
         self.settings = settings
         self.metrics = metrics
         self.backoff = backoff or Backoff(cap_s=settings.retry_cap_s)
-        self.streaming_supported = settings.source_mode != "poll"
+        self.streaming_supported = settings.source_mode != SourceMode.POLL
         self.chain_id = chain_id
         self._on_mode = on_mode or (lambda mode: None)
         self._head = 0
@@ -299,6 +300,22 @@ class CoreSource:
         self._troubled_since: float | None = None  # the first error since the last block
         self._reopening = False  # the next stream follows silence at a quiet tip
         self._routine = logging.DEBUG if quiet else logging.INFO
+
+    @classmethod
+    def rereader(
+        cls, client: CoreClient, settings: SourceSettings, chain_id: str, quiet: bool = False
+    ) -> CoreSource:
+        """A source for re-reading written heights (verify, the audit): GetBlocks
+        windows whatever the service follows with, the other path, refusing blocks
+        of another chain; its fetches go to a registry of their own, not into the
+        service's fetch metrics."""
+        return cls(
+            client,
+            replace(settings, source_mode=SourceMode.POLL),
+            Metrics(CollectorRegistry()),
+            chain_id=chain_id,
+            quiet=quiet,
+        )
 
     async def head(self) -> int:
         head = await self.client.head()

@@ -14,19 +14,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry
 from psycopg.rows import TupleRow
 
 from consumer.compare import Difference, DifferenceKind, Findings, LedgerEntry, compare_blocks
-from consumer.config import SourceMode, SourceSettings
+from consumer.config import SourceSettings
 from consumer.decode import decode_block
 from consumer.errors import ConfigError
-from consumer.metrics import Metrics
 from consumer.model import Block, DecodedBlock, PlayRow, Rpc
 from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 from consumer.sink import PlaysSink
@@ -267,13 +265,7 @@ async def verify_range(
         raise ConfigError(f"--to-height {to_height} is above the node's head ({head})")
     report = VerifyReport(chain_id, from_height, to_height, max_differences)
     pruned_before = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=pruned_before_days)
-    # GetBlocks windows whatever the service follows with: the other path.
-    source = CoreSource(
-        client,
-        replace(settings, source_mode=SourceMode.POLL),
-        Metrics(CollectorRegistry()),
-        chain_id=chain_id,
-    )
+    source = CoreSource.rereader(client, settings, chain_id)
     repairer = PlaysSink(conn, chain_id, "verify", from_height, checkpoint=False)
     started = time.monotonic()
     chunk: list[DecodedBlock] = []
