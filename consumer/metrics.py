@@ -1,8 +1,10 @@
 """Every Prometheus metric the service exports, on an injected registry.
 
-Metrics observe; they never decide. Lag is computed at scrape time from the
-last committed block, so it keeps rising while the service is stuck instead of
-freezing at its last good value (the classic silent stall of block indexers).
+Metrics observe; they never decide. Lag in seconds and readiness are read at
+scrape time from the runner's own state (consumer.readiness, through `watch`),
+so lag keeps rising while the service is stuck instead of freezing at its last
+good value (the classic silent stall of block indexers), and neither gauge can
+disagree with what /readyz answers.
 The reason enums come from model, the one shared vocabulary, so the exported
 label values cannot drift from what decode reports.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -44,7 +45,6 @@ class Metrics:
         self._clock = clock
         self._head = math.nan
         self._processed = math.nan
-        self._block_time = math.nan
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=registry)
@@ -64,7 +64,7 @@ class Metrics:
             "lag_seconds",
             "Wall clock minus the block time of the last committed block (computed at scrape).",
         )
-        self.lag_seconds.set_function(self.lag_seconds_value)
+        self.lag_seconds.set(math.nan)  # until `watch`
         self.last_commit_timestamp_seconds = gauge(
             "last_commit_timestamp_seconds", "Unix time of the last successful commit."
         )
@@ -199,11 +199,6 @@ class Metrics:
         """The highest head the node reported; NaN until it has."""
         return self._head
 
-    def lag_seconds_value(self) -> float:
-        if not self._known(self._block_time):
-            return math.nan
-        return max(0.0, self._clock() - self._block_time)
-
     @staticmethod
     def _known(*values: float) -> bool:
         return not any(math.isnan(v) for v in values)
@@ -216,9 +211,11 @@ class Metrics:
         for known in SOURCE_MODES:
             self.source_mode.labels(known).set(1 if known == mode else 0)
 
-    def watch_readiness(self, ready: Callable[[], bool]) -> None:
-        """Export the /readyz verdict, so an alert can see a leader that is not ready."""
+    def watch(self, ready: Callable[[], bool], lag_s: Callable[[], float]) -> None:
+        """Export the runner's /readyz verdict (so an alert can see a leader that is not
+        ready) and the lag it decides on, instead of keeping a second copy of either."""
         self.ready.set_function(lambda: 1.0 if ready() else 0.0)
+        self.lag_seconds.set_function(lag_s)
 
     def set_head(self, height: int) -> None:
         # A lagging replica behind a load balancer may report an older head:
@@ -226,16 +223,14 @@ class Metrics:
         if math.isnan(self._head) or height > self._head:
             self._head = float(height)
 
-    def set_position(self, height: int, block_time: datetime | None) -> None:
+    def set_processed(self, height: int) -> None:
         """Where the committed rows stand (at start from the checkpoint, then per commit)."""
         self._processed = float(height)
-        if block_time is not None:
-            self._block_time = block_time.replace(tzinfo=UTC).timestamp()
         self.set_head(height)
 
     def observe_commit(self, result: BatchResult) -> None:
         """Everything one commit changed, from its summary (one type, taken whole)."""
-        self.set_position(result.height, result.block_time)
+        self.set_processed(result.height)
         self.last_commit_timestamp_seconds.set(self._clock())
         self.blocks_total.inc(result.blocks)
         self.batch_blocks.observe(result.blocks)
