@@ -68,10 +68,6 @@ class Runner:
         """What the service waits for on the database, if anything."""
         return self.ready.waiting
 
-    @property
-    def db_ok(self) -> bool:
-        return self.waiting.what is None
-
     def readiness(self) -> tuple[bool, str]:
         return self.ready.verdict()
 
