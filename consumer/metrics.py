@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -108,6 +108,11 @@ class Metrics:
         self.source_errors_total = counter(
             "source_errors_total", "Errors talking to the Core node, by gRPC code.", ("code",)
         )
+        self.source_stalls_total = counter(
+            "source_stalls_total",
+            "Stalls of the node: no stream block for --stall-timeout-s while its head was "
+            "ahead, or a call past its deadline (each is followed by a reconnect).",
+        )
         self.reconnects_total = counter(
             "reconnects_total", "Reconnections, by target (node, database).", ("target",)
         )
@@ -167,26 +172,19 @@ class Metrics:
 
         # Export every known label value at 0 from the start, so that rate() and
         # increase() see the first event of a series instead of its birth.
-        for skip in SkipReason:
-            self.plays_skipped_total.labels(skip.value)
-        for repair in RepairReason:
-            self.plays_repaired_total.labels(repair.value)
-        for what in Undecodable:
-            self.quarantined_total.labels(what.value)
-        for target in ReconnectTarget:
-            self.reconnects_total.labels(target.value)
-        for conflict in ConflictKind:
-            self.source_conflicts_total.labels(conflict.value)
-        for difference in DifferenceKind:
-            self.audit_mismatches_total.labels(difference.value)
+        labelled: tuple[tuple[Counter, Iterable[str]], ...] = (
+            (self.plays_skipped_total, SkipReason),
+            (self.plays_repaired_total, RepairReason),
+            (self.quarantined_total, Undecodable),
+            (self.reconnects_total, ReconnectTarget),
+            (self.source_conflicts_total, ConflictKind),
+            (self.audit_mismatches_total, DifferenceKind),
+        )
+        for metric, values in labelled:
+            for value in values:
+                metric.labels(value)
         for mode in SOURCE_MODES:
             self.source_mode.labels(mode).set(0)
-        # Appended (issue 14.5): silence from the node while its head is ahead.
-        self.source_stalls_total = counter(
-            "source_stalls_total",
-            "Stalls of the node: no stream block for --stall-timeout-s while its head was "
-            "ahead, or a call past its deadline (each is followed by a reconnect).",
-        )
 
     def _lag_blocks(self) -> float:
         # NaN (unknown) rather than 0 until both ends are known: a zero would
