@@ -15,9 +15,9 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from consumer import __version__
 from consumer.config import (
@@ -40,12 +40,13 @@ from consumer.logs import fatal_line, setup_logging
 # GRPC_VERBOSITY first, or grpc's C core prints a line per failed TLS handshake.
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-    from consumer.backfill import GapReport
+    from psycopg import AsyncConnection
+    from psycopg.rows import TupleRow
 
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+T = TypeVar("T")
 
 log = logging.getLogger("consumer")
 
@@ -516,9 +517,19 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _gaps(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.backfill import format_gaps
+    from consumer.backfill import find_gaps, format_gaps
 
-    found = asyncio.run(_find_gaps(args, settings))
+    found = _on_database(
+        settings.sink,
+        lambda conn: find_gaps(
+            conn,
+            args.chain_id,
+            args.gaps_from,
+            args.gaps_to,
+            settings.sink.stream,
+            args.ledger_quiet_blocks,
+        ),
+    )
     print(format_gaps(found, as_json=args.json))
     return 0 if found.ok else 1
 
@@ -544,39 +555,25 @@ def _backfill_plan(args: argparse.Namespace, settings: Settings) -> int:
     part = plan[args.index]
     start = None
     if args.resume:
-        from consumer.database import connect
-        from consumer.migrate import explain_database_errors
-
-        sink = settings.sink
-
-        async def resume() -> int:
-            conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-            async with conn:
-                with explain_database_errors(sink.safe_url):
-                    return await resume_height(conn, part)
-
-        start = asyncio.run(resume())
+        start = _on_database(settings.sink, lambda conn: resume_height(conn, part))
     print(" ".join(part.run_args(start)))
     return 0
 
 
-async def _find_gaps(args: argparse.Namespace, settings: Settings) -> GapReport:
-    from consumer.backfill import find_gaps
+def _on_database(
+    sink: SinkSettings, work: Callable[[AsyncConnection[TupleRow]], Awaitable[T]]
+) -> T:
+    """Run one query function on its own connection, database errors explained for the operator."""
     from consumer.database import connect
     from consumer.migrate import explain_database_errors
 
-    sink = settings.sink
-    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-    async with conn:
-        with explain_database_errors(sink.safe_url):
-            return await find_gaps(
-                conn,
-                args.chain_id,
-                args.gaps_from,
-                args.gaps_to,
-                sink.stream,
-                args.ledger_quiet_blocks,
-            )
+    async def on_connection() -> T:
+        conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+        async with conn:
+            with explain_database_errors(sink.safe_url):
+                return await work(conn)
+
+    return asyncio.run(on_connection())
 
 
 async def run_command(settings: Settings, registry: CollectorRegistry | None = None) -> None:

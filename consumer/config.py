@@ -57,6 +57,7 @@ __all__ = [
     "flags_of",
     "parse_bool",
     "parse_core_url",
+    "parse_host_port",
     "port_notes",
     "top_level_settings",
 ]
@@ -108,6 +109,14 @@ def parse_core_url(url: str) -> tuple[str, bool]:
     port = port or (CORE_TLS_PORT if tls else CORE_DEFAULT_PORT)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{host}:{port}", tls
+
+
+def parse_host_port(address: str, flag: str, *, default_host: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:port` for IPv6, `:port` for the default host) to listen on."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{flag} must be host:port, got {address!r}")
+    return host.strip("[]") or default_host, int(port)
 
 
 def _database_params(url: str, name: str) -> dict[str, str]:
@@ -315,14 +324,11 @@ class HttpSettings:
     ready_max_lag_s: float = option(60.0, "/readyz fails while lag exceeds this.")
 
     def __post_init__(self) -> None:
-        _host, sep, port = self.metrics_addr.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"--metrics-addr must be host:port, got {self.metrics_addr!r}")
+        _ = self.host_port  # refuse a bad address now, naming the flag
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.metrics_addr.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return parse_host_port(self.metrics_addr, "--metrics-addr", default_host="0.0.0.0")
 
 
 @dataclass(frozen=True, slots=True)

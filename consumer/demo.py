@@ -37,6 +37,7 @@ from consumer.config import HttpSettings, Settings, SinkSettings, SourceSettings
 from consumer.devnet.main import devnet_from_args
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
+from consumer.progress import RunSummary
 from consumer.runner import Runner
 
 __all__ = ["run_demo"]
@@ -203,7 +204,7 @@ async def _run(args: argparse.Namespace, console: _Console, url: str, stop: asyn
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         elapsed = time.monotonic() - started
-    console.say(await _summary(registry, url, elapsed))
+    console.say(await _summary(runner.progress.summary, url, elapsed))
 
 
 def _value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -228,18 +229,8 @@ async def _show_progress(
         )
 
 
-def _by_label(registry: CollectorRegistry, counter: str, label: str) -> dict[str, int]:
-    """A counter's non-zero values by one label (every value is exported, most at 0)."""
-    return {
-        s.labels[label]: int(s.value)
-        for metric in registry.collect()
-        if metric.name == f"core_plays_{counter}"
-        for s in metric.samples
-        if s.name.endswith("_total") and s.value
-    }
-
-
-async def _summary(registry: CollectorRegistry, url: str, elapsed: float) -> str:
+async def _summary(summary: RunSummary, url: str, elapsed: float) -> str:
+    """The run's own totals (the numbers of its summary line) beside what the database holds."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute("SELECT count(*) FROM plays")
         row = await cur.fetchone()
@@ -248,21 +239,18 @@ async def _summary(registry: CollectorRegistry, url: str, elapsed: float) -> str
         row = await cur.fetchone()
         quarantined = row[0] if row else 0
     table: list[tuple[str, int | str]] = [
-        ("blocks committed", int(_value(registry, "blocks_total"))),
-        ("  to height", int(_value(registry, "processed_height"))),
-        ("transactions", sum(_by_label(registry, "transactions", "type").values())),
-        ("plays written", int(_value(registry, "plays_written_total"))),
+        ("blocks committed", summary.blocks),
+        ("  to height", summary.last_height or 0),
+        ("transactions", summary.transactions),
+        ("plays written", summary.plays_written),
         ("rows in plays", rows),
     ]
-    for title, counter in (
-        ("plays skipped", "plays_skipped"),
-        ("plays repaired", "plays_repaired"),
+    for title, reasons in (
+        ("plays skipped", summary.skipped),
+        ("plays repaired (kept)", summary.repaired),
     ):
-        reasons = _by_label(registry, counter, "reason")
-        table.append(
-            (title + (" (kept)" if counter == "plays_repaired" else ""), sum(reasons.values()))
-        )
-        table += [(f"  {reason}", n) for reason, n in sorted(reasons.items())]
+        table.append((title, sum(reasons.values())))
+        table += [(f"  {reason}", n) for reason, n in sorted(reasons.items()) if n]
     table.append(("quarantined, not written", quarantined))
     width = max(len(name) for name, _ in table)
     lines = ["", f"demo: done in {elapsed:.1f} s", ""]

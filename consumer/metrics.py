@@ -1,8 +1,10 @@
 """Every Prometheus metric the service exports, on an injected registry.
 
-Metrics observe; they never decide. Lag is computed at scrape time from the
-last committed block, so it keeps rising while the service is stuck instead of
-freezing at its last good value (the classic silent stall of block indexers).
+Metrics observe; they never decide. Lag in seconds and readiness are read at
+scrape time from the runner's own state (consumer.readiness, through `watch`),
+so lag keeps rising while the service is stuck instead of freezing at its last
+good value (the classic silent stall of block indexers), and neither gauge can
+disagree with what /readyz answers.
 The reason enums come from model, the one shared vocabulary, so the exported
 label values cannot drift from what decode reports.
 """
@@ -11,8 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -44,7 +45,6 @@ class Metrics:
         self._clock = clock
         self._head = math.nan
         self._processed = math.nan
-        self._block_time = math.nan
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=registry)
@@ -64,7 +64,7 @@ class Metrics:
             "lag_seconds",
             "Wall clock minus the block time of the last committed block (computed at scrape).",
         )
-        self.lag_seconds.set_function(self.lag_seconds_value)
+        self.lag_seconds.set(math.nan)  # until `watch`
         self.last_commit_timestamp_seconds = gauge(
             "last_commit_timestamp_seconds", "Unix time of the last successful commit."
         )
@@ -107,6 +107,11 @@ class Metrics:
         )
         self.source_errors_total = counter(
             "source_errors_total", "Errors talking to the Core node, by gRPC code.", ("code",)
+        )
+        self.source_stalls_total = counter(
+            "source_stalls_total",
+            "Stalls of the node: no stream block for --stall-timeout-s while its head was "
+            "ahead, or a call past its deadline (each is followed by a reconnect).",
         )
         self.reconnects_total = counter(
             "reconnects_total", "Reconnections, by target (node, database).", ("target",)
@@ -167,26 +172,19 @@ class Metrics:
 
         # Export every known label value at 0 from the start, so that rate() and
         # increase() see the first event of a series instead of its birth.
-        for skip in SkipReason:
-            self.plays_skipped_total.labels(skip.value)
-        for repair in RepairReason:
-            self.plays_repaired_total.labels(repair.value)
-        for what in Undecodable:
-            self.quarantined_total.labels(what.value)
-        for target in ReconnectTarget:
-            self.reconnects_total.labels(target.value)
-        for conflict in ConflictKind:
-            self.source_conflicts_total.labels(conflict.value)
-        for difference in DifferenceKind:
-            self.audit_mismatches_total.labels(difference.value)
+        labelled: tuple[tuple[Counter, Iterable[str]], ...] = (
+            (self.plays_skipped_total, SkipReason),
+            (self.plays_repaired_total, RepairReason),
+            (self.quarantined_total, Undecodable),
+            (self.reconnects_total, ReconnectTarget),
+            (self.source_conflicts_total, ConflictKind),
+            (self.audit_mismatches_total, DifferenceKind),
+        )
+        for metric, values in labelled:
+            for value in values:
+                metric.labels(value)
         for mode in SOURCE_MODES:
             self.source_mode.labels(mode).set(0)
-        # Appended (issue 14.5): silence from the node while its head is ahead.
-        self.source_stalls_total = counter(
-            "source_stalls_total",
-            "Stalls of the node: no stream block for --stall-timeout-s while its head was "
-            "ahead, or a call past its deadline (each is followed by a reconnect).",
-        )
 
     def _lag_blocks(self) -> float:
         # NaN (unknown) rather than 0 until both ends are known: a zero would
@@ -198,11 +196,6 @@ class Metrics:
     def head_value(self) -> float:
         """The highest head the node reported; NaN until it has."""
         return self._head
-
-    def lag_seconds_value(self) -> float:
-        if not self._known(self._block_time):
-            return math.nan
-        return max(0.0, self._clock() - self._block_time)
 
     @staticmethod
     def _known(*values: float) -> bool:
@@ -216,9 +209,11 @@ class Metrics:
         for known in SOURCE_MODES:
             self.source_mode.labels(known).set(1 if known == mode else 0)
 
-    def watch_readiness(self, ready: Callable[[], bool]) -> None:
-        """Export the /readyz verdict, so an alert can see a leader that is not ready."""
+    def watch(self, ready: Callable[[], bool], lag_s: Callable[[], float]) -> None:
+        """Export the runner's /readyz verdict (so an alert can see a leader that is not
+        ready) and the lag it decides on, instead of keeping a second copy of either."""
         self.ready.set_function(lambda: 1.0 if ready() else 0.0)
+        self.lag_seconds.set_function(lag_s)
 
     def set_head(self, height: int) -> None:
         # A lagging replica behind a load balancer may report an older head:
@@ -226,16 +221,14 @@ class Metrics:
         if math.isnan(self._head) or height > self._head:
             self._head = float(height)
 
-    def set_position(self, height: int, block_time: datetime | None) -> None:
+    def set_processed(self, height: int) -> None:
         """Where the committed rows stand (at start from the checkpoint, then per commit)."""
         self._processed = float(height)
-        if block_time is not None:
-            self._block_time = block_time.replace(tzinfo=UTC).timestamp()
         self.set_head(height)
 
     def observe_commit(self, result: BatchResult) -> None:
         """Everything one commit changed, from its summary (one type, taken whole)."""
-        self.set_position(result.height, result.block_time)
+        self.set_processed(result.height)
         self.last_commit_timestamp_seconds.set(self._clock())
         self.blocks_total.inc(result.blocks)
         self.batch_blocks.observe(result.blocks)

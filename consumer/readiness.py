@@ -4,7 +4,8 @@ The verdict is the runner's: its role from the lease, what it waits for on the
 database, and the block time of the rows it has committed (or loaded from the
 checkpoint). It is never read back from a metric: metrics observe the service,
 they do not steer its probes, so a change to how a gauge is computed cannot
-take a pod out of its Service by accident.
+take a pod out of its Service by accident. The other way round, the `ready`
+and `lag_seconds` gauges read this state at scrape (Metrics.watch).
 """
 
 from __future__ import annotations

@@ -61,16 +61,12 @@ class Runner:
         self.progress = RunProgress(metrics.head_value, settings.to_height)
         self._commits = CommitObserver(metrics, self.progress)
         self._retry = Retry(Backoff(cap_s=settings.source.retry_cap_s), stop)
-        metrics.watch_readiness(lambda: self.readiness()[0])
+        metrics.watch(lambda: self.readiness()[0], self.ready.lag_s)
 
     @property
     def waiting(self) -> Waiting:
         """What the service waits for on the database, if anything."""
         return self.ready.waiting
-
-    @property
-    def db_ok(self) -> bool:
-        return self.waiting.what is None
 
     def readiness(self) -> tuple[bool, str]:
         return self.ready.verdict()
@@ -132,7 +128,7 @@ class Runner:
             self.waiting.end()
             checkpoint = await read_checkpoint(conn, self.chain_id, settings.stream)
             if checkpoint is not None:
-                self.metrics.set_position(checkpoint.height, checkpoint.block_time)
+                self.metrics.set_processed(checkpoint.height)
                 self.ready.positioned(checkpoint.block_time)
             start = await start_point.height(conn, checkpoint)
             end = self.settings.to_height

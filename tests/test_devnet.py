@@ -161,46 +161,29 @@ def chain_order(devnet: DevnetServer, height: int) -> list[str]:
     return [tx.hash for tx in devnet.chain.txs(height)]
 
 
-async def test_get_block_returns_transactions_in_chain_order_by_default(
-    devnet: DevnetServer,
-) -> None:
-    height = unsorted_height(devnet.chain, devnet.head)
-    async with core_client(devnet) as client:
+async def read_block(client: CoreClient, call: str, height: int) -> Block:
+    """The block at `height` as one unary call (GetBlock or GetBlocks) serves it."""
+    if call == "GetBlock":
         block = await client.block(height)
-    assert block is not None
-    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
+        assert block is not None
+        return block
+    blocks, _head = await client.blocks_raw([height])
+    return parse_block(blocks[height], height)
 
 
-async def test_get_blocks_returns_transactions_in_chain_order_by_default(
-    devnet: DevnetServer,
+@pytest.mark.parametrize("call", ["GetBlock", "GetBlocks"])
+@pytest.mark.parametrize(
+    "resorts", [False, True], ids=["chain_order_by_default", "get_blocks_resorts_txs_by_hash"]
+)
+async def test_unary_calls_serve_transactions_in_chain_order_unless_the_resort_switch_is_on(
+    devnet_factory: DevnetFactory, call: str, resorts: bool
 ) -> None:
+    devnet = await devnet_factory(faults=Faults(get_blocks_resorts_txs=resorts))
     height = unsorted_height(devnet.chain, devnet.head)
     async with core_client(devnet) as client:
-        blocks, _head = await client.blocks_raw([height])
-    block = parse_block(blocks[height], height)
-    assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
-
-
-async def test_get_blocks_resorts_txs_switch_makes_get_block_sort_transactions_by_hash(
-    devnet_factory: DevnetFactory,
-) -> None:
-    devnet = await devnet_factory(faults=Faults(get_blocks_resorts_txs=True))
-    height = unsorted_height(devnet.chain, devnet.head)
-    async with core_client(devnet) as client:
-        block = await client.block(height)
-    assert block is not None
-    assert [tx.hash for tx in block.txs] == sorted(chain_order(devnet, height))
-
-
-async def test_get_blocks_resorts_txs_switch_makes_get_blocks_sort_transactions_by_hash(
-    devnet_factory: DevnetFactory,
-) -> None:
-    devnet = await devnet_factory(faults=Faults(get_blocks_resorts_txs=True))
-    height = unsorted_height(devnet.chain, devnet.head)
-    async with core_client(devnet) as client:
-        blocks, _head = await client.blocks_raw([height])
-    block = parse_block(blocks[height], height)
-    assert [tx.hash for tx in block.txs] == sorted(chain_order(devnet, height))
+        block = await read_block(client, call, height)
+    order = chain_order(devnet, height)
+    assert [tx.hash for tx in block.txs] == (sorted(order) if resorts else order)
 
 
 async def test_get_blocks_resorts_txs_switch_leaves_the_stream_in_chain_order(
@@ -240,12 +223,7 @@ async def test_stream_omits_first_tx_switch_leaves_get_block_and_get_blocks_comp
     devnet = await devnet_factory(faults=Faults(stream_omits_first_tx=True))
     height = next(h for h in range(1, devnet.head) if len(devnet.chain.txs(h)) >= 2)
     async with core_client(devnet) as client:
-        if call == "GetBlock":
-            block = await client.block(height)
-        else:
-            blocks, _head = await client.blocks_raw([height])
-            block = parse_block(blocks[height], height)
-    assert block is not None
+        block = await read_block(client, call, height)
     assert [tx.hash for tx in block.txs] == chain_order(devnet, height)
 
 

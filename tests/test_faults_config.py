@@ -179,6 +179,7 @@ async def test_the_devnet_with_a_bad_listen_address_is_one_line() -> None:
     code, _, err = await run_once("devnet", "--listen", "localhost")
     assert code == 2
     assert len(error_lines(err)) == 1 == len(err.splitlines())
+    assert "--listen must be host:port, got 'localhost'" in err
 
 
 async def test_an_unknown_host_is_one_line_naming_it(database: str) -> None:

@@ -46,7 +46,7 @@ async def test_a_database_outage_is_retried_reported_not_ready_and_survived(
     await assert_retries_back_off(lambda: consumer.value("db_errors_total"))
     await db_proxy.start()
     await consumer.reach(40)
-    await eventually(lambda: consumer.runner.db_ok)
+    await eventually(lambda: consumer.runner.waiting.what is None)
     await consumer.finish()
     assert consumer.value("reconnects_total", target="database") >= 1
     await assert_rows_exact(database, devnet, 40)

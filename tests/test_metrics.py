@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from consumer.devnet import ChainSpec, DevChain, Faults, TxKind
 from consumer.metrics import Metrics
 from consumer.model import RepairReason, SkipReason
+from consumer.readiness import Readiness, Role
 from tests.conftest import DevnetFactory, eventually, run_consumer, sample
 from tests.reference import expected_rows
 
@@ -153,18 +154,21 @@ def test_lag_is_unknown_rather_than_zero_before_anything_is_known() -> None:
     assert math.isnan(sample(metrics, "lag_blocks"))
 
 
-def test_lag_seconds_is_computed_at_scrape_time_from_the_last_block() -> None:
+def test_lag_seconds_and_ready_are_the_readiness_state_read_at_scrape_time() -> None:
     clock = [1_000.0]
-    metrics = Metrics(CollectorRegistry(), clock=lambda: clock[0])
-    metrics.set_position(10, datetime(1970, 1, 1, 0, 16, 30))  # 990 s after the epoch
-    assert sample(metrics, "lag_seconds") == 10.0
+    ready = Readiness(30.0, clock=lambda: clock[0])
+    ready.role = Role.LEADER
+    metrics = Metrics(CollectorRegistry())
+    metrics.watch(lambda: ready.verdict()[0], ready.lag_s)
+    ready.positioned(datetime(1970, 1, 1, 0, 16, 30))  # 990 s after the epoch
+    assert (sample(metrics, "lag_seconds"), sample(metrics, "ready")) == (10.0, 1.0)
     clock[0] += 50
-    assert sample(metrics, "lag_seconds") == 60.0
+    assert (sample(metrics, "lag_seconds"), sample(metrics, "ready")) == (60.0, 0.0)
 
 
 def test_a_head_reported_lower_later_does_not_shrink_lag() -> None:
     metrics = Metrics(CollectorRegistry())
-    metrics.set_position(90, None)
+    metrics.set_processed(90)
     metrics.set_head(100)
     metrics.set_head(95)
     assert sample(metrics, "lag_blocks") == 10

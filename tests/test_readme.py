@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumer.cli import build_parser
 from consumer.config import OPTIONS, Option
 from consumer.devnet import DevnetServer
 from consumer.metrics import PREFIX, Metrics
@@ -47,6 +49,31 @@ def flag_table() -> str:
 def test_the_flag_table_is_the_code_s_options() -> None:
     expected = flag_table()
     assert expected in README, f"README flag table should read:\n{expected}"
+
+
+def _command_flags() -> list[tuple[str, str]]:
+    """(command, flag) for every flag a command adds of its own: not --help or --version, nor
+    a settings option (the flag table has those)."""
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    common = {"--help", "--version", *(f"--{o.flag}" for o in OPTIONS)}
+    return [
+        (name, flag)
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        for flag in action.option_strings
+        if flag.startswith("--") and flag not in common
+    ]
+
+
+COMMAND_FLAGS = _command_flags()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"), COMMAND_FLAGS, ids=[" ".join(c) for c in COMMAND_FLAGS]
+)
+def test_every_command_and_its_flags_are_named_in_the_readme(command: str, flag: str) -> None:
+    assert f"`{command}" in README
+    assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", README), f"{flag} is not named"
 
 
 def test_every_exported_metric_is_in_the_readme() -> None:

@@ -9,11 +9,12 @@ import signal
 import socket
 import time
 
+from consumer.config import parse_host_port
 from consumer.devnet.chain import ChainSpec, DevChain, Profile
 from consumer.devnet.server import DevnetServer, Faults
 from consumer.errors import ConfigError
 
-__all__ = ["devnet_from_args", "parse_listen", "serve_devnet"]
+__all__ = ["devnet_from_args", "serve_devnet"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,6 @@ def devnet_from_args(
     )
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`host:port` (`[::1]:port` for IPv6); a bad one is the operator's to fix."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--listen must be host:port, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 def _check_bindable(host: str, port: int, listen: str) -> None:
     """Bind once ourselves: grpc reports a busy port only as a bare RuntimeError."""
     try:
@@ -69,7 +62,7 @@ def _check_bindable(host: str, port: int, listen: str) -> None:
 
 
 async def serve_devnet(args: argparse.Namespace) -> None:
-    host, port = parse_listen(args.listen)
+    host, port = parse_host_port(args.listen, "--listen", default_host="127.0.0.1")
     _check_bindable(host, port, args.listen)
     server = devnet_from_args(args, host, port, args.max_height)
     stop = asyncio.Event()
