@@ -10,7 +10,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.config import Settings
-from consumer.database import connect
+from consumer.database import command_session, connect
 from consumer.errors import ConfigError, ConsumerError
 from consumer.lease import find_holder, lock_key
 from consumer.migrate import (
@@ -84,17 +84,13 @@ async def status_command(
     finally:
         await client.close()
     sink = settings.sink
-    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-    try:
-        with explain_database_errors(sink.safe_url):
-            if await schema_version(conn) is None:
-                raise ConfigError(
-                    f"the database at {sink.safe_url} was never migrated (no core_plays "
-                    "schema): run `plays-consumer migrate` as its owner"
-                )
-            await _report_database(conn, settings, report, chain_id, info)
-    finally:
-        await conn.close()
+    async with command_session(sink) as conn:
+        if await schema_version(conn) is None:
+            raise ConfigError(
+                f"the database at {sink.safe_url} was never migrated (no core_plays "
+                "schema): run `plays-consumer migrate` as its owner"
+            )
+        await _report_database(conn, settings, report, chain_id, info)
     if info is not None and chain_id is not None and info.chain_id != chain_id:
         problems.append(f"the node is on chain {info.chain_id}, not {chain_id}")
     report["ok"] = not problems
@@ -259,8 +255,7 @@ async def quarantine_command(
     written twice, and leaves the checkpoint where it is.
     """
     sink = settings.sink
-    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-    async with conn:
+    async with command_session(sink) as conn:
         if action == "show":
             if height is None or tx_index is None:
                 raise ConfigError("quarantine show needs --height and --tx-index")
@@ -329,22 +324,20 @@ async def reasons_command(
     repairs by reason (kept per transaction in the ledger, so replays never count
     twice) and quarantined transactions by kind."""
     sink = settings.sink
-    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-    async with conn:
-        with explain_database_errors(sink.safe_url):
-            if chain_id is None:
-                cur = await conn.execute(
-                    "SELECT DISTINCT chain_id FROM core_plays.checkpoint ORDER BY 1"
+    async with command_session(sink) as conn:
+        if chain_id is None:
+            cur = await conn.execute(
+                "SELECT DISTINCT chain_id FROM core_plays.checkpoint ORDER BY 1"
+            )
+            chains = [row[0] for row in await cur.fetchall()]
+            if len(chains) != 1:
+                raise ConfigError(
+                    f"the database holds chains {', '.join(chains) or '(none)'}: "
+                    "choose one with --chain-id"
                 )
-                chains = [row[0] for row in await cur.fetchall()]
-                if len(chains) != 1:
-                    raise ConfigError(
-                        f"the database holds chains {', '.join(chains) or '(none)'}: "
-                        "choose one with --chain-id"
-                    )
-                chain_id = chains[0]
-            cur = await conn.execute(_REASONS, {"chain": chain_id, "low": low, "high": high})
-            rows = await cur.fetchall()
+            chain_id = chains[0]
+        cur = await conn.execute(_REASONS, {"chain": chain_id, "low": low, "high": high})
+        rows = await cur.fetchall()
     report: dict[str, Any] = {
         "chain_id": chain_id,
         "from_height": low,

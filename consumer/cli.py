@@ -564,14 +564,11 @@ def _on_database(
     sink: SinkSettings, work: Callable[[AsyncConnection[TupleRow]], Awaitable[T]]
 ) -> T:
     """Run one query function on its own connection, database errors explained for the operator."""
-    from consumer.database import connect
-    from consumer.migrate import explain_database_errors
+    from consumer.database import command_session
 
     async def on_connection() -> T:
-        conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-        async with conn:
-            with explain_database_errors(sink.safe_url):
-                return await work(conn)
+        async with command_session(sink) as conn:
+            return await work(conn)
 
     return asyncio.run(on_connection())
 

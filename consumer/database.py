@@ -22,21 +22,25 @@ message text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from enum import StrEnum
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.backoff import Backoff, Retry
+from consumer.config import SinkSettings
 from consumer.errors import ConfigError, SinkUnavailable
-from consumer.migrate import prepare_database
+from consumer.migrate import explain_database_errors, prepare_database
 
 __all__ = [
     "Fault",
     "Waiting",
     "classify",
+    "command_session",
     "connect",
     "describe",
     "describe_wait",
@@ -145,6 +149,17 @@ async def open_session(
         )
     except psycopg.Error as exc:
         raise SinkUnavailable(describe(exc)) from exc
+
+
+@contextlib.asynccontextmanager
+async def command_session(sink: SinkSettings) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+    """An operator command's own connection (status, quarantine, reasons, gaps,
+    backfill-plan --resume, verify), closed at the end, with a missing privilege
+    or a never-migrated database explained in one line instead of a traceback."""
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    async with conn:
+        with explain_database_errors(sink.safe_url):
+            yield conn
 
 
 async def connect(

@@ -14,7 +14,7 @@ import sys
 import psycopg
 
 from consumer.config import Settings
-from consumer.database import connect
+from consumer.database import command_session
 from consumer.errors import ConfigError, ConsumerError
 from consumer.logs import fatal_line
 from consumer.source import CoreClient
@@ -48,8 +48,7 @@ async def _verify(args: argparse.Namespace, settings: Settings) -> VerifyReport:
     sink = settings.sink
     try:
         info = await client.node_info()
-        conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
-        async with conn:
+        async with command_session(sink) as conn:
             return await verify_range(
                 client,
                 conn,

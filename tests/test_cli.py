@@ -381,6 +381,30 @@ async def test_status_on_a_database_never_migrated_is_one_line_and_exit_2(
     assert "was never migrated" in line and "plays-consumer migrate" in line
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("quarantine",),
+        ("quarantine", "retry"),
+        ("reasons", "--chain-id", "devnet-1", "--from-height", "1", "--to-height", "9"),
+        ("gaps",),
+        ("verify", "--from-height", "1", "--to-height", "5"),
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+async def test_every_database_command_on_a_database_never_migrated_is_one_line_and_exit_2(
+    devnet: DevnetServer, empty_database: str, command: tuple[str, ...]
+) -> None:
+    node = ("--core-url", devnet.url) if command[0] == "verify" else ()
+    code, _, err = await run_once(*command, *node, "--database-url", empty_database)
+    assert code == 2, err
+    assert "Traceback" not in err
+    # verify logs where its re-read starts before it reads the database.
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("plays-consumer: error: ")
+    assert "no core_plays schema" in line and "plays-consumer migrate" in line
+
+
 async def test_status_lists_every_chain_and_asks_which_when_the_node_is_away(
     database: str,
 ) -> None:
