@@ -62,33 +62,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # The benchmark package beside this script (scripts/ is on sys.path when run as a file).
-from bench.report import shown_command  # noqa: E402
+from bench.databases import ADMIN_URL, CHANNEL, prepare_database  # noqa: E402
+from bench.report import fmt, progress, shown_command  # noqa: E402
 from bench.scenario import ServedChain  # noqa: E402
 
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Profile  # noqa: E402
-from consumer.migrate import apply_migrations  # noqa: E402
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-CHANNEL = "bench_trust_commit"
 PARTS = ("verify", "tip", "catch-up")
 DB_PREFIX = "bench_trust"
 _TICKS = os.sysconf("SC_CLK_TCK")
-AGGREGATE_TRIGGER = (ROOT / "tests" / "fixtures" / "on_play.sql").read_text()
-COMMIT_NOTIFY = f"""
-CREATE FUNCTION bench_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_notify('{CHANNEL}', NEW.height::text); RETURN NULL; END
-$$;
-CREATE TRIGGER bench_notify_commit AFTER INSERT OR UPDATE ON core_plays.checkpoint
-FOR EACH ROW EXECUTE FUNCTION bench_notify_commit();
-"""
-
-
-def _progress(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
-
-
-def _fmt(value: float, digits: int = 0) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
 def _rate(count: float, seconds: float) -> float:
@@ -128,12 +110,7 @@ class Databases:
         async with await psycopg.AsyncConnection.connect(self.admin_url, autocommit=True) as admin:
             await admin.execute(f'CREATE DATABASE "{name}"')
         url = make_conninfo(self.admin_url, dbname=name)
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            await apply_migrations(conn)
-            await conn.execute(AGGREGATE_TRIGGER)
-            await conn.execute(COMMIT_NOTIFY)
-            if self.checkpoint:
-                await conn.execute("CHECKPOINT")  # no dirty backlog from the last run
+        await prepare_database(url, notify=True, checkpoint=self.checkpoint)
         return url
 
 
@@ -339,9 +316,9 @@ async def verify_against_run(dbs: Databases, spec: ChainSpec, blocks: int) -> Ve
     run, _ = await timed_catch_up(chain, blocks, url)
     verify = await timed_verify(chain, blocks, url)
     figures = VerifyFigures(spec.profile, run, verify)
-    _progress(
-        f"{spec.profile}: run {_fmt(run.commit_rate)} blocks/s to the last commit "
-        f"({_fmt(run.exit_rate)} to its exit), verify {_fmt(verify.exit_rate)} blocks/s, "
+    progress(
+        f"{spec.profile}: run {fmt(run.commit_rate)} blocks/s to the last commit "
+        f"({fmt(run.exit_rate)} to its exit), verify {fmt(verify.exit_rate)} blocks/s, "
         f"verify/run {figures.ratio:.2f}"
     )
     return figures
@@ -392,10 +369,10 @@ async def audit_catch_up(
         url = await dbs.fresh()
         run, _ = await timed_catch_up(chain, blocks, url, *audit_flags(audit, interval_s))
         (figures.audit if audit else figures.no_audit).append(run)
-        _progress(
+        progress(
             f"catch-up {'with' if audit else 'without'} the audit: "
-            f"{_fmt(run.commit_rate)} blocks/s to the last commit, "
-            f"{_fmt(run.exit_rate)} to the exit, {run.cpu_s:.2f} CPU s"
+            f"{fmt(run.commit_rate)} blocks/s to the last commit, "
+            f"{fmt(run.exit_rate)} to the exit, {run.cpu_s:.2f} CPU s"
         )
     return figures
 
@@ -462,7 +439,7 @@ async def tip_window(
             if code not in (0, -signal.SIGTERM):
                 raise RuntimeError(f"run exited {code} on SIGTERM:\n{child.output()}")
     window = TipWindow(cpu1 - cpu0, height1 - height0)
-    _progress(
+    progress(
         f"tip {spec.profile} {'with' if audit else 'without'} the audit: "
         f"{window.cpu_s:.2f} CPU s over {window.blocks} blocks"
     )
@@ -500,27 +477,27 @@ def report(
     for v in verified:
         lines.append(
             f"verify {v.profile.value}: {v.run.blocks:,} blocks; "
-            f"run {_fmt(v.run.commit_rate)} blocks/s (to its exit {_fmt(v.run.exit_rate)}); "
-            f"verify {_fmt(v.verify.exit_rate)} blocks/s; verify/run {_fmt(v.ratio, 2)}; "
-            f"CPU s per 1k blocks run {_fmt(v.run.cpu_per_1k, 3)}, "
-            f"verify {_fmt(v.verify.cpu_per_1k, 3)}"
+            f"run {fmt(v.run.commit_rate)} blocks/s (to its exit {fmt(v.run.exit_rate)}); "
+            f"verify {fmt(v.verify.exit_rate)} blocks/s; verify/run {fmt(v.ratio, 2)}; "
+            f"CPU s per 1k blocks run {fmt(v.run.cpu_per_1k, 3)}, "
+            f"verify {fmt(v.verify.cpu_per_1k, 3)}"
         )
     for t in tips:
         lines.append(
             f"tip {t.label}: {args.rounds} rounds of {t.seconds:g} s each side; "
-            f"CPU s per 100 blocks with the audit {_fmt(t.per_100(True), 3)}, "
-            f"without {_fmt(t.per_100(False), 3)}; audit adds {_fmt(100 * t.extra, 1)}%"
+            f"CPU s per 100 blocks with the audit {fmt(t.per_100(True), 3)}, "
+            f"without {fmt(t.per_100(False), 3)}; audit adds {fmt(100 * t.extra, 1)}%"
         )
     if catch_up is None:
         return "\n".join(lines)
     lines.append(
         f"catch-up typical: {catch_up.blocks:,} blocks, {args.rounds} rounds; "
-        f"blocks/s to the last commit with the audit {_fmt(catch_up.rate(True, True))}, "
-        f"without {_fmt(catch_up.rate(False, True))}, ratio {_fmt(catch_up.ratio(True), 2)}; "
-        f"to the exit with the audit {_fmt(catch_up.rate(True, False))}, "
-        f"without {_fmt(catch_up.rate(False, False))}, ratio {_fmt(catch_up.ratio(False), 2)}; "
-        f"CPU s per 1k blocks with the audit {_fmt(catch_up.cpu_per_1k(True), 3)}, "
-        f"without {_fmt(catch_up.cpu_per_1k(False), 3)}"
+        f"blocks/s to the last commit with the audit {fmt(catch_up.rate(True, True))}, "
+        f"without {fmt(catch_up.rate(False, True))}, ratio {fmt(catch_up.ratio(True), 2)}; "
+        f"to the exit with the audit {fmt(catch_up.rate(True, False))}, "
+        f"without {fmt(catch_up.rate(False, False))}, ratio {fmt(catch_up.ratio(False), 2)}; "
+        f"CPU s per 1k blocks with the audit {fmt(catch_up.cpu_per_1k(True), 3)}, "
+        f"without {fmt(catch_up.cpu_per_1k(False), 3)}"
     )
     return "\n".join(lines)
 

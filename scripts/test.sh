@@ -7,8 +7,9 @@
 # PostgreSQL: the suite uses the server on 127.0.0.1:5432 (user postgres, trust auth) when
 # one answers (CORE_PLAYS_TEST_DATABASE_URL points elsewhere), and otherwise runs an embedded
 # one of its own for the session (tests/conftest.py, tests/embedded_pg.py).
-# promtool: extracted from Debian's prometheus package into a cache folder; the package is
-# downloaded, never installed, so no Prometheus server is started. This script starts,
+# promtool, and prometheus (which the end-to-end alert test runs on a free port of its own):
+# extracted from Debian's prometheus package into a cache folder; the package is
+# downloaded, never installed, so no Prometheus service is started. This script starts,
 # stops and kills nothing it did not start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +25,10 @@ if ! .venv/bin/python -c "import consumer, pytest, grpc_tools, hypothesis, embed
 fi
 
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/core-plays-consumer"
-if ! command -v promtool >/dev/null; then
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   PROMTOOL_DIR="$CACHE/prometheus/usr/bin"
   if [ ! -x "$PROMTOOL_DIR/promtool" ]; then
-    echo "test.sh: fetching promtool from Debian's prometheus package into $CACHE" >&2
+    echo "test.sh: fetching promtool and prometheus from Debian's prometheus package into $CACHE" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     DEB="$CACHE/deb"
     rm -rf "$DEB" && mkdir -p "$DEB"

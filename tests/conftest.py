@@ -46,6 +46,7 @@ from tests.proxy import TcpProxy
 __all__ = [
     "ADMIN_URL",
     "DISCOVERY_SQL",
+    "SCRIPTS",
     "SHORTEST_RETRY_S",
     "DevnetFactory",
     "assert_retries_back_off",
@@ -53,6 +54,7 @@ __all__ = [
     "make_settings",
     "restart_server",
     "run_consumer",
+    "run_script",
     "sample",
     "through",
 ]
@@ -357,6 +359,25 @@ async def run_consumer(
     )
     await runner.run()
     return runner
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def run_script(name: str, *args: str, timeout_s: float | None = None) -> str:
+    """Run scripts/<name> to completion and return what it printed; it must exit 0.
+
+    It is given the suite's PostgreSQL, which may be the embedded one: a script left
+    to its own default looks on 127.0.0.1:5432, where such a machine has none."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args, "--database-url", ADMIN_URL],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done.stdout
 
 
 async def eventually(

@@ -11,7 +11,6 @@ connection slot taken does (FATAL 53300), then lets connections through.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from typing import Any
 
@@ -24,6 +23,7 @@ from consumer.runner import Runner
 from consumer.source import CoreClient
 from consumer.verify import VerifyReport, verify_range
 from tests.conftest import eventually, make_settings, sample
+from tests.proxy import TcpProxy
 
 
 class Consumer:
@@ -63,40 +63,21 @@ def _error_response(sqlstate: str, message: str) -> bytes:
     return b"E" + struct.pack("!I", len(body) + 4) + body
 
 
-class BusyServer:
+class BusyServer(TcpProxy):
     """A loopback PostgreSQL front that refuses the first `busy` connections with
     FATAL 53300 (every connection slot taken), then forwards to the real server."""
 
     def __init__(self, target_host: str, target_port: int, busy: int) -> None:
-        self.target = (target_host, target_port)
+        super().__init__(target_host, target_port)
         self.busy = busy
         self.refused = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refused >= self.busy:
+            await super()._accept(reader, writer)
+            return
         try:
-            if self.refused < self.busy:
-                await self._refuse(reader, writer)
-                return
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-            for src, dst in ((reader, up_writer), (up_reader, writer)):
-                task = asyncio.create_task(self._pipe(src, dst))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            await self._refuse(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             writer.transport.abort()
 
@@ -113,18 +94,6 @@ class BusyServer:
         writer.write(_error_response("53300", "sorry, too many clients already"))
         await writer.drain()
         writer.close()
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except ConnectionError:
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                dst.transport.abort()
 
 
 async def verify_heights(

@@ -9,22 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_URL, eventually
+from tests.conftest import ADMIN_URL, SCRIPTS, eventually, run_script
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-BENCH = SCRIPTS / "bench"
 sys.path.insert(0, str(SCRIPTS))  # the benchmark is a package of scripts/, not of the project
 
-from bench.databases import fresh_database  # noqa: E402
-from bench.listener import CommitListener  # noqa: E402
-from bench.records import ConsumerRun  # noqa: E402
+from bench.databases import fresh_database
+from bench.listener import CommitListener
+from bench.records import ConsumerRun
 
 # A whole quick run, three profiles each with two consumer processes, takes a minute
 # and more on a machine shared with other test runs.
@@ -46,15 +42,7 @@ MAY_BE_TOO_SHORT = {"RSS slope MB / 10k blocks"}
 
 @pytest.fixture(scope="module")
 def quick_report() -> str:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--database-url", ADMIN_URL],
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_script("bench", "--quick", timeout_s=200)
 
 
 def table_rows(report: str) -> dict[str, dict[str, str]]:

@@ -9,30 +9,20 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_URL, eventually
+from tests.conftest import ADMIN_URL, SCRIPTS, eventually, run_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_trust.py"
+SCRIPT = SCRIPTS / "bench_trust.py"
 NUMBER = r"-?[\d,]+(?:\.\d+)?"
 
 
 @pytest.fixture(scope="module")
 def quick_report() -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--database-url", ADMIN_URL],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_script(SCRIPT.name, "--quick", timeout_s=400)
 
 
 def line(report: str, prefix: str) -> str:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import ADMIN_URL, eventually
+from tests.conftest import ADMIN_URL, SCRIPTS, eventually, run_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "migration_bench.py"
+SCRIPT = SCRIPTS / "migration_bench.py"
 NUMBER = r"[\d,]+(\.\d+)?"
 LINES = ["ledger rows", "migration wall time s", "index build time s", "transactional part retried"]
 TABLE = [
@@ -41,15 +39,7 @@ def bench_databases() -> set[str]:
 
 @pytest.fixture(scope="module")
 def report() -> str:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--rows", "20000", "--database-url", ADMIN_URL],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_script(SCRIPT.name, "--rows", "20000", timeout_s=120)
 
 
 @pytest.mark.parametrize("name", LINES)

@@ -12,7 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 from consumer.migrate import apply_migrations
 
-__all__ = ["ADMIN_URL", "CHANNEL", "count_plays", "fresh_database"]
+__all__ = ["ADMIN_URL", "CHANNEL", "count_plays", "fresh_database", "prepare_database"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -40,16 +40,23 @@ async def fresh_database(admin_url: str, name: str, *, notify: bool) -> AsyncIte
         await admin.execute(f'CREATE DATABASE "{name}"')
     url = make_conninfo(admin_url, dbname=name)
     try:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            await apply_migrations(conn)
-            await conn.execute(AGGREGATE_TRIGGER)
-            if notify:
-                await conn.execute(COMMIT_NOTIFY)
-            await conn.execute("CHECKPOINT")  # start each measurement with no dirty backlog
+        await prepare_database(url, notify=notify)
         yield url
     finally:
         async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def prepare_database(url: str, *, notify: bool, checkpoint: bool = True) -> None:
+    """Give a new, empty database the real migrations and the aggregate trigger, and with
+    `notify` the commit notification."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await apply_migrations(conn)
+        await conn.execute(AGGREGATE_TRIGGER)
+        if notify:
+            await conn.execute(COMMIT_NOTIFY)
+        if checkpoint:
+            await conn.execute("CHECKPOINT")  # start each measurement with no dirty backlog
 
 
 async def count_plays(url: str) -> int:

@@ -13,7 +13,7 @@ import psycopg
 
 from bench.scenario import Figures
 
-__all__ = ["machine", "progress", "shown_command", "summary", "table"]
+__all__ = ["fmt", "machine", "progress", "shown_command", "summary", "table"]
 
 
 def progress(text: str) -> None:
@@ -37,7 +37,7 @@ COLUMNS = (
 )
 
 
-def _fmt(value: float, digits: int = 0) -> str:
+def fmt(value: float, digits: int = 0) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
@@ -49,16 +49,16 @@ def table(rows: Sequence[Figures]) -> str:
             f.scenario.profile.value,
             f"{f.scenario.blocks:,}",
             f"{f.plays:,}",
-            _fmt(f.blocks_per_s),
-            _fmt(f.plays_per_s),
-            _fmt(cpu_per_k, 3),
-            _fmt(f.maxrss_kb / 1024, 1),
-            _fmt(f.rss_slope_mb, 1),
-            _fmt(f.ceiling_plays_per_s),
-            _fmt(f.ratio, 2),
-            _fmt(f.tip_p50_ms, 1),
-            _fmt(f.tip_p99_ms, 1),
-            _fmt(f.floor_p99_ms, 1),
+            fmt(f.blocks_per_s),
+            fmt(f.plays_per_s),
+            fmt(cpu_per_k, 3),
+            fmt(f.maxrss_kb / 1024, 1),
+            fmt(f.rss_slope_mb, 1),
+            fmt(f.ceiling_plays_per_s),
+            fmt(f.ratio, 2),
+            fmt(f.tip_p50_ms, 1),
+            fmt(f.tip_p99_ms, 1),
+            fmt(f.floor_p99_ms, 1),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -101,10 +101,10 @@ def summary(f: Figures) -> str:
     return (
         f"{s.profile.value}: {s.describe()}; ceiling over {f.ceiling_rows:,} rows in "
         f"batches of up to {s.ceiling_batch_plays:,} plays; tip {f.tip_samples} blocks "
-        f"every {s.tip_interval_s:g} s (max {_fmt(f.tip_max_ms, 1)} ms; PostgreSQL alone "
-        f"p50 {_fmt(f.floor_p50_ms, 1)} ms); RSS MB at "
+        f"every {s.tip_interval_s:g} s (max {fmt(f.tip_max_ms, 1)} ms; PostgreSQL alone "
+        f"p50 {fmt(f.floor_p50_ms, 1)} ms); RSS MB at "
         f"1/4, 1/2, 3/4, all of the blocks {f.rss_marks}, slope from {f.rss_samples} samples; "
-        f"the devnet serving the catch-up used {_fmt(f.bench_cpu_s, 2)} CPU s"
+        f"the devnet serving the catch-up used {fmt(f.bench_cpu_s, 2)} CPU s"
         + (
             f"; the commit listener reconnected {f.listener_reconnects} times"
             if f.listener_reconnects
