@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from consumer.devnet import DevnetServer
-from tests.conftest import DevnetFactory, TwoRoles, eventually
+from tests.conftest import DevnetFactory, TwoRoles, db_url, eventually
 from tests.procs import ConsumerProcess, flags, run_once, start_consumer
 from tests.reference import expected_rows, plays_rows
 
@@ -122,9 +122,7 @@ async def test_a_password_in_the_database_url_flag_is_refused(devnet: DevnetServ
 async def test_a_missing_database_is_refused_at_once_without_showing_the_password() -> None:
     code, _, err = await run_once(
         "migrate",
-        *flags(
-            database_url="postgresql://postgres@127.0.0.1:5432/cpc_no_such_db", connect_timeout_s=30
-        ),
+        *flags(database_url=db_url("cpc_no_such_db"), connect_timeout_s=30),
         env={"CORE_PLAYS_DATABASE_PASSWORD": "pw-not-shown"},
         timeout_s=20,
     )

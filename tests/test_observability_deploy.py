@@ -48,8 +48,8 @@ def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
         pytest.fail(
-            "promtool is not on PATH: install it with `apt-get install -y prometheus` "
-            "(Debian's package ships /usr/bin/promtool); CI installs it the same way."
+            "promtool is not on PATH: run the suite with scripts/test.sh, which extracts it "
+            "from Debian's prometheus package (or apt-get install prometheus)"
         )
     return path
 

@@ -51,7 +51,8 @@ async def prometheus(running_consumer: ConsumerProcess, tmp_path: Path) -> Async
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail(
-            "prometheus is not installed: apt-get install prometheus (scripts/test.sh does this)"
+            "prometheus is not on PATH: run the suite with scripts/test.sh, which extracts it "
+            "from Debian's prometheus package (or apt-get install prometheus)"
         )
     port = free_port()
     config = tmp_path / "prometheus.yml"
