@@ -36,9 +36,10 @@ from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, DecodedBlock, DecodedTx, DifferenceKind, Rpc
 from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
-from consumer.sink import PlaysSink, count_set_aside
+from consumer.sink import PlaysSink
 from consumer.source import CoreClient, CoreSource
 from consumer.verify import read_written, record_differences
+from consumer.writer import report_set_aside
 
 __all__ = ["Auditor"]
 
@@ -208,9 +209,8 @@ class Auditor:
             written, set_aside = result.plays_written, result.set_aside
             self.metrics.audit_repaired_plays_total.inc(written)
             if set_aside:
-                self.metrics.set_aside_total.inc(set_aside)
-                pending = await count_set_aside(conn, self.chain_id)
-                self.metrics.set_aside_pending.set(pending)  # what pages
+                where = f"missing transactions at heights {low}..{high} (audit)"
+                await report_set_aside(conn, self.chain_id, self.metrics, set_aside, where)
             for conflict in result.conflicts:
                 self.metrics.source_conflicts_total.labels(conflict.kind).inc()
         await record_differences(conn, self.chain_id, found.differences)
@@ -234,15 +234,6 @@ class Auditor:
             )
         if written:
             log.error("audit: wrote %d plays that the first delivery lacked", written)
-        if set_aside:
-            log.error(
-                "audit: set aside %d missing transaction(s) PostgreSQL refuses in heights "
-                "%d..%d: their plays are NOT in plays yet; fix the cause, then run "
-                "`plays-consumer quarantine retry`",
-                set_aside,
-                low,
-                high,
-            )
 
     async def _save(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         """Keep the audited height, at most once a minute unless someone waits for it

@@ -17,6 +17,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import psycopg
+from psycopg.rows import TupleRow
+
 from consumer.backoff import Backoff, Retry
 from consumer.config import Settings
 from consumer.database import Waiting, describe_wait
@@ -102,15 +105,12 @@ class Writer:
             self.metrics.write_refused.set(0)
             self.waiting.end()
             if result.set_aside:
-                self.metrics.set_aside_total.inc(result.set_aside)
-                await self.count_set_aside()
-                log.error(
-                    "set aside %d transaction(s) PostgreSQL still refuses in blocks %d..%d: "
-                    "their plays are NOT in plays yet; fix the cause, then run "
-                    "`plays-consumer quarantine retry`",
+                await report_set_aside(
+                    self.sink.conn,
+                    self.sink.chain_id,
+                    self.metrics,
                     result.set_aside,
-                    batch[0].height,
-                    batch[-1].height,
+                    f"blocks {batch[0].height}..{batch[-1].height}",
                 )
             return result
 
@@ -140,3 +140,22 @@ class Writer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+async def report_set_aside(
+    conn: psycopg.AsyncConnection[TupleRow],
+    chain_id: str,
+    metrics: Metrics,
+    count: int,
+    where: str,
+) -> None:
+    """Count and log transactions a write set aside (the writer's, or the audit's
+    repair): `set_aside_pending` is what pages, and their plays are not in plays."""
+    metrics.set_aside_total.inc(count)
+    metrics.set_aside_pending.set(await count_set_aside(conn, chain_id))
+    log.error(
+        "set aside %d transaction(s) PostgreSQL still refuses in %s: their plays are NOT "
+        "in plays yet; fix the cause, then run `plays-consumer quarantine retry`",
+        count,
+        where,
+    )
