@@ -114,3 +114,21 @@ async def test_the_commit_listener_survives_a_lost_connection() -> None:
         await asyncio.gather(task, return_exceptions=True)
         await listener.close()
     assert [height for _, height in run.commits] == [5, 9, 12]
+
+
+async def test_the_last_drain_reconnects_when_a_reconnect_was_cut_short() -> None:
+    """The run's listener task is cancelled when the consumer exits, possibly in the
+    middle of a reconnect; the drain after it must reconnect, not fail the run."""
+    async with fresh_database(ADMIN_URL, f"bench_drain_{os.getpid()}", notify=True) as url:
+        run = ConsumerRun()
+        listener = CommitListener(url, run)
+        await listener.connect()
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO core_plays.checkpoint (chain_id, stream, start_height, height, "
+                "block_hash, block_time, updated_at) VALUES ('c', 'live', 1, 7, 'h', now(), now())"
+            )
+        await listener.close()  # where a cancelled reconnect leaves it: no connection
+        await listener.listen(quiet_s=0.2)
+        await listener.close()
+    assert listener.height == 7  # read back on the reconnect

@@ -44,9 +44,12 @@ class CommitListener:
     async def listen(self, quiet_s: float | None = None) -> None:
         """Record commits until cancelled, or with `quiet_s` until a quiet spell."""
         while True:
+            # None after a reconnect that was cancelled while the server was away
+            # (the run's listener task ends when the consumer exits, then this is
+            # called again to drain the last notifications).
+            conn = self._conn or await self._reconnect()
             try:
-                assert self._conn is not None
-                async for note in self._conn.notifies(timeout=quiet_s):
+                async for note in conn.notifies(timeout=quiet_s):
                     self._note(int(note.payload))
                 return
             except psycopg.OperationalError as exc:
@@ -54,14 +57,16 @@ class CommitListener:
                 progress(f"commit listener lost its connection ({exc}); reconnecting")
                 await self._reconnect()
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         await self.close()
         while True:
             try:
                 await self.connect()
-                return
             except psycopg.OperationalError:
                 await asyncio.sleep(0.5)
+                continue
+            assert self._conn is not None
+            return self._conn
 
     def _note(self, height: int) -> None:
         if height > self.height:
