@@ -407,8 +407,10 @@ class TipFigures:
 
     @property
     def extra(self) -> float:
-        """Relative CPU added by the audit (0.05 is 5% more)."""
-        return self.per_100(True) / self.per_100(False) - 1
+        """Relative CPU added by the audit (0.05 is 5% more); NaN when the run without it
+        measured no CPU at all (a quick run's clock tick can be coarser than its work)."""
+        without = self.per_100(False)
+        return self.per_100(True) / without - 1 if without else math.nan
 
 
 async def tip_window(
