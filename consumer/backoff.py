@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff", "Retry", "stopped_within"]
+__all__ = ["Backoff", "Retry", "Waiting", "stopped_within"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -94,3 +97,24 @@ async def stopped_within(stop: asyncio.Event, timeout_s: float) -> bool:
         async with asyncio.timeout(timeout_s):
             await stop.wait()
     return stop.is_set()
+
+
+class Waiting:
+    """What the service waits for on the database, if anything.
+
+    Readiness reports it; it is logged when a wait begins (WARNING) and when
+    it ends (INFO), never once per retry, so a long outage is two lines.
+    """
+
+    def __init__(self) -> None:
+        self.what: str | None = None
+
+    def begin(self, what: str) -> None:
+        if self.what is None:
+            log.warning("waiting for %s", what)
+        self.what = what
+
+    def end(self) -> None:
+        if self.what is not None:
+            log.info("no longer waiting for %s", self.what)
+            self.what = None

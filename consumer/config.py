@@ -13,7 +13,7 @@ only from the environment, a file, or libpq's own PGPASSWORD/.pgpass.
 To add an option: one field, `name_s: float = option(5.0, "What it does.")`, in
 the settings class whose code reads it. `run` takes every option at once; name
 it in another command's tuple in cli.py if that command needs it too; paste the
-README row that tests/test_readme.py prints.
+README row that tests/integration/test_readme.py prints.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.errors import ConfigError
+from consumer.model import MAX_GETBLOCKS_HEIGHTS
 from consumer.options import (
     ENV_PREFIX,
     Option,
@@ -39,7 +40,6 @@ from consumer.options import (
     options_of,
     parse_bool,
 )
-from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
 
 __all__ = [
     "OPTIONS",

@@ -3,7 +3,7 @@
 The runner waits out exactly two of these (`SourceUnavailable`,
 `SinkUnavailable`) and retries `SinkRefused` for a bounded time; anything else
 stops the process with one line and `exit_code`, so a bug crashes loudly
-instead of looping. Which database error becomes which is `consumer.database`'s
+instead of looping. Which database error becomes which is `consumer.sink.database`'s
 job (by SQLSTATE).
 """
 
@@ -21,6 +21,7 @@ __all__ = [
     "SinkUnavailable",
     "SourceFailed",
     "SourceUnavailable",
+    "Stopped",
 ]
 
 
@@ -73,3 +74,8 @@ class SchemaMismatch(ConsumerError):
     """The database's plays table lacks what the service writes."""
 
     exit_code = 2
+
+
+class Stopped(Exception):
+    """Stop was requested while waiting: unwind without writing. Not a ConsumerError:
+    it is how a clean shutdown leaves a wait, never an error to report."""

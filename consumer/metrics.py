@@ -1,7 +1,7 @@
 """Every Prometheus metric the service exports, on an injected registry.
 
 Metrics observe; they never decide. Lag in seconds and readiness are read at
-scrape time from the runner's own state (consumer.readiness, through `watch`),
+scrape time from the runner's own state (consumer.service.readiness, through `watch`),
 so lag keeps rising while the service is stuck instead of freezing at its last
 good value (the classic silent stall of block indexers), and neither gauge can
 disagree with what /readyz answers.

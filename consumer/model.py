@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 __all__ = [
+    "MAX_GETBLOCKS_HEIGHTS",
     "WHOLE_BLOCK",
     "BatchResult",
     "Block",
@@ -36,6 +37,10 @@ __all__ = [
     "SkipReason",
     "Undecodable",
 ]
+
+# A wire fact: a node refuses a GetBlocks call for more heights than this (config checks
+# --poll-window against it, the devnet enforces it).
+MAX_GETBLOCKS_HEIGHTS = 500
 
 
 class Rpc(StrEnum):
@@ -60,7 +65,7 @@ class ConflictKind(StrEnum):
 
 class DifferenceKind(StrEnum):
     """What `verify` and the audit find between the chain and what was written; the
-    values are `audit_mismatches_total{kind}` and verify's JSON keys (consumer.compare)."""
+    values are `audit_mismatches_total{kind}` and verify's JSON keys (consumer.trust.compare)."""
 
     MISSING = "missing"
     EXTRA = "extra"

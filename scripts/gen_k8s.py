@@ -5,7 +5,7 @@ sources (promtool tests the one, the dashboard tests read the other); the
 kustomize base carries them as a PrometheusRule and as a ConfigMap for Grafana's
 dashboard sidecar. kustomize cannot read files above its own folder without
 `--load-restrictor LoadRestrictionsNone`, so the copies are generated and
-committed, and tests/test_deploy_k8s.py runs `render()` to prove they match.
+committed, and tests/integration/test_deploy_k8s.py runs `render()` to prove they match.
 Each source is embedded verbatim (indented, comments kept), so a diff of a copy
 reads like a diff of its source.
 

@@ -1,7 +1,7 @@
 """Regenerate the committed protobuf and gRPC modules from proto/.
 
 The generated code is committed (so that installing the service needs no
-protoc) and `tests/test_proto.py` runs this same function into a temporary
+protoc) and `tests/e2e/test_proto.py` runs this same function into a temporary
 folder to prove that the committed copy still matches the .proto files.
 Usage: python scripts/gen_proto.py [OUT_DIR]   (default: consumer/_pb)
 """

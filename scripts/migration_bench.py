@@ -35,7 +35,7 @@ from psycopg.conninfo import make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from consumer.migrate import apply_migrations  # noqa: E402
+from consumer.sink.migrate import apply_migrations  # noqa: E402
 
 CHAIN = "bench-chain"
 TXS_PER_HEIGHT = 4
@@ -178,7 +178,7 @@ async def bench(url: str, dbname: str, args: argparse.Namespace) -> None:
     await generate(url, args.rows)
     print(f"ledger rows: {args.rows:,} (generated in {time.monotonic() - started:,.1f} s)")
     retries = LockRetries()
-    logging.getLogger("consumer.migrate").addHandler(retries)
+    logging.getLogger("consumer.sink.migrate").addHandler(retries)
     commits = Commits()
     first = args.rows // TXS_PER_HEIGHT + 1
     async with asyncio.TaskGroup() as group:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from consumer.devnet import ChainSpec, DevChain, DevnetServer  # noqa: E402
-from consumer.migrate import apply_migrations  # noqa: E402
+from consumer.sink.migrate import apply_migrations  # noqa: E402
 from tests.procs import ConsumerProcess, start_consumer  # noqa: E402
 from tests.proxy import TcpProxy  # noqa: E402
 from tests.reference import expected_rows, plays_rows  # noqa: E402

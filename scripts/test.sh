@@ -43,4 +43,6 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   export PATH="$PROMTOOL_DIR:$PATH"
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# Every tier: pyproject's default (-m "not e2e") is for a quick `pytest` while working;
+# a later -m among the arguments (say -m unit) wins over this one.
+exec .venv/bin/python -m pytest -m "unit or integration or e2e" "$@"

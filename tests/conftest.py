@@ -36,8 +36,8 @@ from consumer.config import (
 )
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults
 from consumer.metrics import Metrics
-from consumer.migrate import apply_migrations
-from consumer.runner import Runner
+from consumer.service.runner import Runner
+from consumer.sink.migrate import apply_migrations
 from tests.databases import TestDatabases
 from tests.embedded_pg import EmbeddedPostgres, answers
 from tests.proxy import TcpProxy
@@ -69,11 +69,49 @@ EMBEDDED: EmbeddedPostgres | None = None
 RUN_ID = f"cpc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
+# The tiers are the folders: tests/unit needs neither PostgreSQL nor a node, and is held
+# to that; tests/integration uses real ones on loopback; tests/e2e runs benchmarks, the
+# soak, SIGKILL loops, a nested suite and the style checks. `pytest` runs unit and
+# integration (pyproject's `-m "not e2e"`); scripts/test.sh runs all three.
+TIERS = ("unit", "integration", "e2e")
+# Fixtures that reach a database or a server: a unit test that asks for one is misfiled.
+_OUTSIDE_WORLD = frozenset(
+    {
+        "databases",
+        "template_db",
+        "database",
+        "empty_database",
+        "two_roles",
+        "discovery_template",
+        "discovery",
+        "devnet_factory",
+        "devnet",
+        "db_proxy",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misfiled = []
+    for item in items:
+        tier = next((t for t in TIERS if f"tests/{t}/" in item.path.as_posix()), None)
+        if tier is None:
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier == "unit" and _OUTSIDE_WORLD & set(getattr(item, "fixturenames", ())):
+            misfiled.append(item.nodeid)
+    if misfiled:
+        raise pytest.UsageError(
+            "unit tests may use neither PostgreSQL nor a node; move these to "
+            "tests/integration: " + ", ".join(misfiled)
+        )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Rebinding the module's names is the point: test modules import ADMIN_URL later.
     global ADMIN_URL, EMBEDDED  # noqa: PLW0603
-    if answers(ADMIN_URL):
-        return
+    if config.getoption("markexpr", "") == "unit" or answers(ADMIN_URL):
+        return  # the unit tier alone needs no PostgreSQL at all
     server = EmbeddedPostgres()
     try:
         url = server.start()

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from consumer.config import Settings
 from consumer.metrics import Metrics
-from consumer.runner import Runner
-from consumer.source import CoreClient
-from consumer.verify import VerifyReport, verify_range
+from consumer.service.runner import Runner
+from consumer.source.core import CoreClient
+from consumer.trust.verify import VerifyReport, verify_range
 from tests.conftest import eventually, make_settings, sample
 from tests.proxy import TcpProxy
 

@@ -1,4 +1,4 @@
-"""What the plays table must hold for a devnet chain, computed without consumer.decode.
+"""What the plays table must hold for a devnet chain, computed without consumer.decode.blocks.
 
 A deliberately plain second reading of DESIGN §3, so that the end-to-end tests
 compare the service against an independent statement of the rules rather than

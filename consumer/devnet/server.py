@@ -43,7 +43,7 @@ from grpc import aio
 
 from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.devnet.chain import DevChain
-from consumer.sequencer import MAX_GETBLOCKS_HEIGHTS
+from consumer.model import MAX_GETBLOCKS_HEIGHTS
 
 __all__ = ["MAX_GETBLOCKS_HEIGHTS", "DevnetServer", "Faults"]
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from consumer.decode import decode_block
+from consumer.decode.blocks import decode_block
 from consumer.devnet import DevChain
 from consumer.model import DecodedBlock
-from consumer.source import parse_block
+from consumer.source.core import parse_block
 
 __all__ = ["measure_ceiling", "measure_tip_floor"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from consumer.migrate import apply_migrations
+from consumer.sink.migrate import apply_migrations
 
 __all__ = ["ADMIN_URL", "CHANNEL", "count_plays", "fresh_database", "prepare_database"]
 

@@ -1,0 +1,367 @@
+"""The one-shot commands: `migrate`, `status`, `quarantine` and `reasons`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from consumer.config import Settings
+from consumer.errors import ConfigError, ConsumerError
+from consumer.sink.database import command_session, connect
+from consumer.sink.lease import find_holder, lock_key
+from consumer.sink.migrate import (
+    explain_database_errors,
+    migrate_database,
+    runtime_grants,
+    schema_version,
+)
+from consumer.sink.plays import PlaysSink
+from consumer.source.core import CoreClient, NodeInfo
+
+__all__ = [
+    "STATUS_NODE_UNREACHABLE",
+    "STATUS_NOT_OK",
+    "STATUS_OK",
+    "format_reasons",
+    "format_status",
+    "migrate_command",
+    "quarantine_command",
+    "reasons_command",
+    "status_command",
+]
+
+log = logging.getLogger(__name__)
+
+
+async def migrate_command(settings: Settings, print_grants: str | None = None) -> list[int]:
+    sink = settings.sink
+    conn = await connect(sink.conninfo, sink.safe_url, sink.connect_timeout_s)
+    try:
+        if print_grants is not None:
+            # The names come from this database (plays' schema, its id sequence).
+            with explain_database_errors(sink.safe_url):
+                print(await runtime_grants(conn, print_grants))
+            return []
+        applied = await migrate_database(conn, sink.safe_url)
+    finally:
+        await conn.close()
+    print(f"migrations applied: {applied or 'none (up to date)'}")
+    return applied
+
+
+# `status` exit codes (documented in the README): 0 ok; 1 not ok (lag over the limit,
+# no checkpoint yet, several chains and no way to choose); 2 an operator error
+# (database unreachable, missing privilege, never migrated: ConfigError); 3 the node
+# cannot be reached (the database part is still reported).
+STATUS_OK, STATUS_NOT_OK, STATUS_NODE_UNREACHABLE = 0, 1, 3
+
+_CHAINS = """
+SELECT chain_id, stream, start_height, height, updated_at FROM core_plays.checkpoint
+ORDER BY chain_id, stream
+"""
+
+
+async def status_command(
+    settings: Settings, chain_id: str | None = None
+) -> tuple[dict[str, Any], int]:
+    """A report for people and scripts, the reasons it is not ok, and the exit code."""
+    report: dict[str, Any] = {"ok": False, "problems": []}
+    problems: list[str] = report["problems"]
+    report.update(core_url=settings.source.core_url, stream=settings.sink.stream)
+    client = CoreClient(settings.source)
+    try:
+        info = await client.node_info()
+        report["node_chain_id"] = info.chain_id
+        report["node_head"] = info.head
+    except ConsumerError as exc:
+        report["node_error"] = str(exc)
+        problems.append(f"node unreachable at {settings.source.core_url}: {exc}")
+        info = None
+    finally:
+        await client.close()
+    sink = settings.sink
+    async with command_session(sink) as conn:
+        if await schema_version(conn) is None:
+            raise ConfigError(
+                f"the database at {sink.safe_url} was never migrated (no core_plays "
+                "schema): run `plays-consumer migrate` as its owner"
+            )
+        await _report_database(conn, settings, report, chain_id, info)
+    if info is not None and chain_id is not None and info.chain_id != chain_id:
+        problems.append(f"the node is on chain {info.chain_id}, not {chain_id}")
+    report["ok"] = not problems
+    if info is None:
+        return report, STATUS_NODE_UNREACHABLE
+    return report, STATUS_OK if report["ok"] else STATUS_NOT_OK
+
+
+async def _report_database(
+    conn: psycopg.AsyncConnection[TupleRow],
+    settings: Settings,
+    report: dict[str, Any],
+    chain_id: str | None,
+    info: NodeInfo | None,
+) -> None:
+    problems: list[str] = report["problems"]
+    stream = settings.sink.stream
+    cur = await conn.execute(_CHAINS)
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for chain, name, start, height, updated_at in await cur.fetchall():
+        chains.setdefault(chain, []).append(
+            {"stream": name, "start_height": start, "height": height, "updated_at": updated_at}
+        )
+    if len(chains) > 1:
+        report["chains"] = chains
+    chosen = chain_id or (info.chain_id if info else None)
+    if chosen is None:
+        if len(chains) > 1:
+            problems.append(f"checkpoints for chains {', '.join(chains)}: pass --chain-id")
+            return
+        chosen = next(iter(chains), None)
+    report["chain_id"] = chosen
+    row = None
+    if chosen is not None:
+        cur = await conn.execute(
+            """SELECT start_height, height, block_hash, block_time, updated_at
+               FROM core_plays.checkpoint WHERE chain_id = %s AND stream = %s""",
+            (chosen, stream),
+        )
+        row = await cur.fetchone()
+    if chosen is None or row is None:
+        report["checkpoint"] = None
+        problems.append(
+            f"no checkpoint for chain {chosen or '(none yet)'} stream '{stream}': "
+            "the first run needs --from-height"
+        )
+        return
+    start, height, block_hash, block_time, updated_at = row
+    report["checkpoint"] = {
+        "height": height,
+        "block_hash": block_hash,
+        "block_time": block_time,
+        "start_height": start,
+    }
+    report["last_commit"] = updated_at
+    now = datetime.now(UTC).replace(tzinfo=None)
+    lag_s = (now - block_time).total_seconds() if block_time else None
+    report["lag_seconds"] = None if lag_s is None else round(lag_s, 3)
+    if info is not None and info.chain_id == chosen:
+        report["lag_blocks"] = max(0, info.head - height)
+    limit = settings.http.ready_max_lag_s
+    if lag_s is None:
+        problems.append("the checkpoint has no block time: lag unknown")
+    elif lag_s > limit:
+        behind = f", {report['lag_blocks']} blocks" if "lag_blocks" in report else ""
+        problems.append(
+            f"lag {lag_s:.1f} s{behind} is over --ready-max-lag-s {limit:g} s "
+            f"by {lag_s - limit:.1f} s"
+        )
+    holder = await find_holder(conn, lock_key(chosen, stream))
+    report["leader"] = (
+        {"pid": holder.pid, "application": holder.application, "client": holder.client}
+        if holder
+        else None
+    )
+    report["ledger"] = await _ledger(conn, chosen)
+
+
+async def _ledger(conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> dict[str, Any]:
+    cur = await conn.execute(
+        """SELECT count(*), coalesce(sum(play_count), 0), coalesce(sum(skipped_count), 0)
+           FROM core_plays.tx_ledger WHERE chain_id = %s""",
+        (chain_id,),
+    )
+    txs, plays, skipped = await cur.fetchone() or (0, 0, 0)
+    cur = await conn.execute(
+        "SELECT count(*) FROM core_plays.quarantine WHERE chain_id = %s", (chain_id,)
+    )
+    (quarantined,) = await cur.fetchone() or (0,)
+    cur = await conn.execute(
+        """SELECT r.key, sum(r.value::bigint) FROM core_plays.tx_ledger,
+                  jsonb_each_text(skip_reasons) AS r
+           WHERE chain_id = %s AND skip_reasons IS NOT NULL GROUP BY 1 ORDER BY 1""",
+        (chain_id,),
+    )
+    by_reason = {key: int(total) for key, total in await cur.fetchall()}
+    return {
+        "play_transactions": txs,
+        "plays_written": plays,
+        "plays_skipped": skipped,
+        "plays_skipped_by_reason": by_reason,
+        "quarantined": quarantined,
+    }
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """For people: the verdict and its reasons first, then the details."""
+    if report["ok"]:
+        lines = ["status: ok"]
+    else:
+        lines = ["status: NOT OK"] + [f"  - {p}" for p in report["problems"]]
+    for key, value in report.items():
+        if key in ("ok", "problems"):
+            continue
+        if key == "chains":
+            lines.append("chains:")
+            lines += [
+                f"  {chain} stream {s['stream']}: heights {s['start_height']}..{s['height']}"
+                for chain, streams in value.items()
+                for s in streams
+            ]
+        elif isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+_LIST_QUARANTINE = """
+SELECT chain_id, block_height, tx_index, kind, tx_hash, octet_length(data),
+       CASE WHEN kind <> 'refused' THEN 'kept' WHEN written_at IS NULL THEN 'PENDING'
+            ELSE 'written ' || to_char(written_at, 'YYYY-MM-DD HH24:MI:SS') END,
+       error
+FROM core_plays.quarantine WHERE (%s::text IS NULL OR chain_id = %s)
+ORDER BY chain_id, block_height, tx_index
+"""
+_SHOW_QUARANTINE = """
+SELECT chain_id, block_height, tx_index, kind, tx_hash, data, error, quarantined_at, written_at
+FROM core_plays.quarantine
+WHERE (%s::text IS NULL OR chain_id = %s) AND block_height = %s AND tx_index = %s
+"""
+_PENDING_CHAINS = """
+SELECT DISTINCT chain_id FROM core_plays.quarantine
+WHERE kind = 'refused' AND written_at IS NULL AND (%s::text IS NULL OR chain_id = %s)
+ORDER BY 1
+"""
+
+
+async def quarantine_command(
+    settings: Settings,
+    action: str,
+    chain_id: str | None = None,
+    height: int | None = None,
+    tx_index: int | None = None,
+) -> int:
+    """List, show or re-apply quarantined transactions; exit 1 while any stay unwritten.
+
+    Undecodable bytes are kept for inspection only ('kept'). Transactions that
+    PostgreSQL refused ('refused') were set aside with their decoded rows;
+    `retry` writes them through the ledger, so a play already written is never
+    written twice, and leaves the checkpoint where it is.
+    """
+    sink = settings.sink
+    async with command_session(sink) as conn:
+        if action == "show":
+            if height is None or tx_index is None:
+                raise ConfigError("quarantine show needs --height and --tx-index")
+            cur = await conn.execute(_SHOW_QUARANTINE, (chain_id, chain_id, height, tx_index))
+            row = await cur.fetchone()
+            if row is None:
+                raise ConfigError(f"nothing quarantined at height {height}, tx_index {tx_index}")
+            names = ("chain_id", "height", "tx_index", "kind", "tx_hash", "data", "error")
+            for name, value in zip(names, row, strict=False):
+                print(f"{name}: {value.hex() if isinstance(value, bytes) else value}")
+            print(f"quarantined_at: {row[7]}\nwritten_at: {row[8] or '-'}")
+            return 0
+        if action == "retry":
+            cur = await conn.execute(_PENDING_CHAINS, (chain_id, chain_id))
+            failed = 0
+            for (chain,) in await cur.fetchall():
+                done = await PlaysSink(conn, chain, sink.stream, 0).reapply_set_aside()
+                print(
+                    f"chain {chain}: wrote {done.transactions} set-aside transaction(s), "
+                    f"{done.plays_written} play(s)"
+                )
+                for (h, i), error in sorted(done.failed.items()):
+                    print(f"  still refused: height {h} tx_index {i}: {error}")
+                failed += len(done.failed)
+            return 1 if failed else 0
+        cur = await conn.execute(_LIST_QUARANTINE, (chain_id, chain_id))
+        rows = await cur.fetchall()
+        print("chain_id\theight\ttx_index\tkind\ttx_hash\tbytes\tstatus\terror")
+        for row in rows:
+            print("\t".join(str(v) for v in row))
+        pending = sum(1 for row in rows if row[6] == "PENDING")
+        print(f"{len(rows)} quarantined, {pending} set aside and not yet written")
+        return 1 if pending else 0
+
+
+# Skips and repairs in one pass over the range's ledger rows (jsonb_each_text of
+# NULL is no rows).
+_REASONS = """
+SELECT s.section, r.key, sum(r.value::bigint) FROM core_plays.tx_ledger l,
+       LATERAL (VALUES ('skipped', l.skip_reasons), ('repaired', l.repair_reasons))
+           AS s(section, reasons),
+       jsonb_each_text(s.reasons) AS r
+WHERE l.chain_id = %(chain)s AND l.block_height BETWEEN %(low)s AND %(high)s
+  AND (l.skip_reasons IS NOT NULL OR l.repair_reasons IS NOT NULL)
+GROUP BY 1, 2
+UNION ALL
+SELECT 'quarantined',
+       CASE WHEN kind = 'refused' AND written_at IS NOT NULL THEN 'refused, since written'
+            WHEN kind = 'refused' THEN 'refused, set aside'
+            WHEN tx_index = -1 THEN 'undecodable block'
+            ELSE 'undecodable transaction' END,
+       count(*)
+FROM core_plays.quarantine
+WHERE chain_id = %(chain)s AND block_height BETWEEN %(low)s AND %(high)s
+GROUP BY 2
+UNION ALL
+SELECT 'written', 'plays', coalesce(sum(play_count), 0) FROM core_plays.tx_ledger
+WHERE chain_id = %(chain)s AND block_height BETWEEN %(low)s AND %(high)s
+"""
+
+
+async def reasons_command(
+    settings: Settings, chain_id: str | None, low: int, high: int
+) -> dict[str, Any]:
+    """What was not written as it came, and why, over heights low..high: skips and
+    repairs by reason (kept per transaction in the ledger, so replays never count
+    twice) and quarantined transactions by kind."""
+    sink = settings.sink
+    async with command_session(sink) as conn:
+        if chain_id is None:
+            cur = await conn.execute(
+                "SELECT DISTINCT chain_id FROM core_plays.checkpoint ORDER BY 1"
+            )
+            chains = [row[0] for row in await cur.fetchall()]
+            if len(chains) != 1:
+                raise ConfigError(
+                    f"the database holds chains {', '.join(chains) or '(none)'}: "
+                    "choose one with --chain-id"
+                )
+            chain_id = chains[0]
+        cur = await conn.execute(_REASONS, {"chain": chain_id, "low": low, "high": high})
+        rows = await cur.fetchall()
+    report: dict[str, Any] = {
+        "chain_id": chain_id,
+        "from_height": low,
+        "to_height": high,
+        "plays_written": 0,
+        "skipped": {},
+        "repaired": {},
+        "quarantined": {},
+    }
+    for section, key, total in rows:
+        if section == "written":
+            report["plays_written"] = int(total)
+        else:
+            report[section][key] = int(total)
+    return report
+
+
+def format_reasons(report: dict[str, Any]) -> str:
+    lines = [
+        f"chain {report['chain_id']} heights {report['from_height']}..{report['to_height']}: "
+        f"{report['plays_written']} plays written"
+    ]
+    for section in ("skipped", "repaired", "quarantined"):
+        counts: dict[str, int] = report[section]
+        listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+        lines.append(f"{section}: {listed}")
+    return "\n".join(lines)
