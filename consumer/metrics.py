@@ -170,6 +170,37 @@ class Metrics:
             "set_aside_total", "Transactions set aside because PostgreSQL refused them."
         )
 
+        # The handover from the writer this service replaces (DESIGN §4b).
+        self.handover_state = gauge(
+            "handover_state",
+            "0: no handover; 1: trailing the other writer (writes nothing above its height); "
+            "2: taken over (the other writer stopped; writing alone).",
+        )
+        self.handover_other_height = gauge(
+            "handover_other_height",
+            "The other writer's committed height for the chain (its progress table).",
+        )
+        self.handover_adopted_transactions_total = counter(
+            "handover_adopted_transactions_total",
+            "Other writer's transactions recorded in the ledger as adopted, not written again.",
+        )
+        self.handover_adopted_plays_total = counter(
+            "handover_adopted_plays_total", "Plays of the adopted transactions."
+        )
+        self.handover_other_writer_active = gauge(
+            "handover_other_writer_active",
+            "1 while the other writer writes again after the takeover (its height moves).",
+        )
+        self.handover_other_writer_resumed_total = counter(
+            "handover_other_writer_resumed_total",
+            "Times the other writer was seen writing again after the takeover.",
+        )
+        self.ambiguous_transactions_total = counter(
+            "ambiguous_transactions_total",
+            "Transactions not in the ledger with only some of their rows in plays: partly "
+            "written by another writer, so never written (a person decides).",
+        )
+
         # Export every known label value at 0 from the start, so that rate() and
         # increase() see the first event of a series instead of its birth.
         labelled: tuple[tuple[Counter, Iterable[str]], ...] = (
@@ -245,3 +276,8 @@ class Metrics:
             self.quarantined_total.labels(what).inc(n)
         for conflict in result.conflicts:
             self.source_conflicts_total.labels(conflict.kind).inc()
+        if result.adopted:
+            self.handover_adopted_transactions_total.inc(result.adopted)
+            self.handover_adopted_plays_total.inc(result.adopted_plays)
+        if result.ambiguous:
+            self.ambiguous_transactions_total.inc(result.ambiguous)

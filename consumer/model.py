@@ -27,6 +27,7 @@ __all__ = [
     "DecodedBlock",
     "DecodedTx",
     "DifferenceKind",
+    "LedgerOrigin",
     "PlayRow",
     "QuarantineKind",
     "Quarantined",
@@ -75,6 +76,17 @@ class DifferenceKind(StrEnum):
     MISSING_ROWS = "missing_rows"
     EXTRA_ROWS = "extra_rows"
     PRUNED_OR_MISSING = "pruned_or_missing"
+    # Not in the ledger, only some of its rows there: partly written by another writer.
+    AMBIGUOUS = "ambiguous"
+    # Rows another writer wrote again for a transaction the chain carries twice.
+    REPEATED_ROWS = "repeated_rows"
+
+
+class LedgerOrigin(StrEnum):
+    """Who wrote a ledger row's plays (core_plays.tx_ledger.origin)."""
+
+    WRITTEN = "written"  # this service
+    ADOPTED = "adopted"  # another writer, recognised by the handover
 
 
 class SkipReason(StrEnum):
@@ -272,6 +284,11 @@ class BatchResult:
     conflicts: list[Conflict] = field(default_factory=list)  # new ones only
     # Transactions PostgreSQL refused and that were set aside for `quarantine retry`.
     set_aside: int = 0
+    # The handover: another writer's transactions recorded as adopted (not written
+    # again), their plays, and transactions it wrote only in part (not written).
+    adopted: int = 0
+    adopted_plays: int = 0
+    ambiguous: int = 0
 
     def merge(self, other: BatchResult) -> None:
         """Fold a later batch's result into this one (used when a batch is split)."""
@@ -281,6 +298,9 @@ class BatchResult:
         self.plays_written += other.plays_written
         self.duplicates += other.duplicates
         self.set_aside += other.set_aside
+        self.adopted += other.adopted
+        self.adopted_plays += other.adopted_plays
+        self.ambiguous += other.ambiguous
         for mine, theirs in (
             (self.tx_types, other.tx_types),
             (self.skipped, other.skipped),

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -43,6 +43,7 @@ from consumer.model import (
     ConflictKind,
     DecodedBlock,
     DecodedTx,
+    LedgerOrigin,
     PlayRow,
     QuarantineKind,
     RepairReason,
@@ -53,11 +54,15 @@ from consumer.model import (
 from consumer.sink.database import Fault, classify, describe
 
 __all__ = [
+    "Adopted",
+    "Adoption",
     "PlaysSink",
+    "Prepare",
     "Reapplied",
     "count_set_aside",
     "other_chains",
     "read_checkpoint",
+    "record_findings",
     "report_set_aside",
 ]
 
@@ -147,6 +152,39 @@ RETURNING kind, block_height, tx_index, tx_hash, rpc, other_height, other_index,
           other_rpc
 """
 
+# Findings of the audit, verify and the handover (a DifferenceKind in `kind`), kept beside
+# the deliveries' own conflicts: (kind, height, tx hash), positions unknown (-1).
+_RECORD_FINDINGS = """
+INSERT INTO core_plays.conflicts
+    (chain_id, kind, block_height, tx_index, tx_hash, rpc,
+     other_height, other_index, other_hash, other_rpc)
+SELECT %(chain)s, k, h, -1, x, %(rpc)s, h, -1, '', NULL
+FROM unnest(%(kinds)s::text[], %(heights)s::bigint[], %(hashes)s::text[]) AS d(k, h, x)
+ON CONFLICT DO NOTHING
+"""
+
+# Another writer's transactions, adopted by the handover: ledger rows of their own origin
+# with the plays rows each claimed, and how far the handover has come, in the batch's
+# transaction (so a SIGKILL loses or doubles nothing).
+_ADOPT = """
+INSERT INTO core_plays.tx_ledger
+    (chain_id, block_height, tx_index, tx_hash, play_count, skipped_count, rpc, block_hash,
+     origin, play_ids)
+SELECT %(chain)s, h, i, x, n, s, r, b, %(origin)s, string_to_array(ids, ',')::bigint[]
+FROM unnest(%(heights)s::bigint[], %(indexes)s::int[], %(hashes)s::text[], %(counts)s::int[],
+            %(skipped)s::int[], %(rpcs)s::text[], %(blocks)s::text[], %(ids)s::text[])
+     AS a(h, i, x, n, s, r, b, ids)
+ON CONFLICT (chain_id, tx_hash) DO NOTHING
+RETURNING play_count
+"""
+_SAVE_HANDOVER = """
+INSERT INTO core_plays.handover (chain_id, source, adopted_through, other_height)
+VALUES (%(chain)s, %(source)s, %(through)s, %(other)s)
+ON CONFLICT (chain_id, source) DO UPDATE
+SET adopted_through = greatest(core_plays.handover.adopted_through, EXCLUDED.adopted_through),
+    other_height = EXCLUDED.other_height, updated_at = now()
+"""
+
 _INSERT_QUARANTINE = """
 INSERT INTO core_plays.quarantine
     (chain_id, block_height, tx_index, tx_hash, data, error, kind, retry_rows)
@@ -194,6 +232,36 @@ SELECT chain_id, stream, start_height, height, block_hash, block_time, updated_a
 FROM core_plays.checkpoint WHERE chain_id = %s AND stream = %s
 """
 _OTHER_CHAINS = "SELECT DISTINCT chain_id FROM core_plays.checkpoint WHERE stream = %s"
+
+
+class Adopted(NamedTuple):
+    """A transaction another writer wrote whole, to be recorded in the ledger as adopted."""
+
+    height: int
+    tx_index: int
+    tx_hash: str
+    play_count: int
+    skipped_count: int
+    block_hash: str
+    rpc: str
+    play_ids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Adoption:
+    """What the handover decided for a batch, inside the batch's own transaction: the
+    blocks without what another writer wrote (whole or in part), and what it adopts."""
+
+    blocks: list[DecodedBlock]
+    adopted: list[Adopted] = field(default_factory=list)
+    ambiguous: int = 0  # transactions partly written by the other writer: not written
+    source: str = ""  # the other writer's progress table
+    through: int = 0  # adopted through this height (0: none)
+    other_height: int | None = None  # the other writer's committed height, as read
+
+
+# Called with the writer's connection inside the batch's transaction (consumer.trust.handover).
+Prepare = Callable[[psycopg.AsyncConnection[TupleRow], list[DecodedBlock]], Awaitable[Adoption]]
 
 
 @dataclass(slots=True)
@@ -256,6 +324,28 @@ async def report_set_aside(
     )
 
 
+async def record_findings(
+    conn: psycopg.AsyncConnection[TupleRow],
+    chain_id: str,
+    findings: Sequence[tuple[str, int, str]],
+    rpc: Rpc = Rpc.GET_BLOCKS,
+) -> None:
+    """Keep transaction-level findings, (kind, height, tx hash), in core_plays.conflicts:
+    the audit trail of what the audit, verify and the handover found."""
+    if findings:
+        kinds, heights, hashes = zip(*findings, strict=True)
+        await conn.execute(
+            _RECORD_FINDINGS,
+            {
+                "chain": chain_id,
+                "rpc": str(rpc),
+                "kinds": list(kinds),
+                "heights": list(heights),
+                "hashes": list(hashes),
+            },
+        )
+
+
 def _tx_to_json(tx: DecodedTx, block: DecodedBlock) -> str:
     """Enough to write a set-aside transaction later without the node: its ledger row
     and its decoded plays (PlayRow order, timestamps as ISO text)."""
@@ -297,6 +387,7 @@ class PlaysSink:
         start_height: int,
         rewind: bool = False,
         checkpoint: bool = True,
+        prepare: Prepare | None = None,
     ) -> None:
         """`checkpoint=False` makes a repair writer (verify --repair, the audit):
         it writes missing transactions through the same exactly-once path, ledger
@@ -307,11 +398,20 @@ class PlaysSink:
         self.start_height = start_height
         self.rewind = rewind
         self.checkpoint = checkpoint
+        # The handover: decides, inside each batch's transaction, what another writer
+        # already wrote (adopted, not written again).
+        self.prepare = prepare
         self._conflict_params = {
             "chain": chain_id,
             **{k.name.lower(): k.value for k in ConflictKind},
         }
         self._staging_ready = False
+
+    @classmethod
+    def repairer(cls, conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> PlaysSink:
+        """The one repair writer (verify --repair, the audit): the same exactly-once path,
+        ledger first, and no checkpoint, so every stream's progress is left alone."""
+        return cls(conn, chain_id, "", 0, checkpoint=False)
 
     async def write(self, batch: list[DecodedBlock], set_aside: bool = False) -> BatchResult:
         """Write the batch and move the checkpoint to its last block, atomically.
@@ -416,8 +516,12 @@ class PlaysSink:
             except psycopg.Error as exc:
                 if classify(exc) is not Fault.REFUSED:
                     raise
-                kept, refused = await self._without_refused(block)
-                result = await self._write([kept], refused)
+                candidate = block
+                if self.prepare is not None:  # only what the handover would write is tried
+                    async with self.conn.transaction(force_rollback=True):
+                        candidate = (await self.prepare(self.conn, [block])).blocks[0]
+                _kept, refused = await self._without_refused(candidate)
+                result = await self._write([block], refused)
             total.merge(result)
         return total
 
@@ -456,12 +560,59 @@ class PlaysSink:
     async def _write(
         self, batch: list[DecodedBlock], set_aside: Sequence[_QuarantineRow] = ()
     ) -> BatchResult:
-        staged = _stage(batch)
-        staged.quarantined.extend(set_aside)
+        """The batch less the transactions in `set_aside` (which are set aside instead),
+        with the handover's adoption when there is one, and the checkpoint: one transaction."""
+        refused = {row[2] for row in set_aside}
+        if self.prepare is None:
+            staged = _stage([_without(block, refused) for block in batch])
+            staged.quarantined.extend(set_aside)
+            async with self.conn.transaction():
+                await self._insert(staged)
+                await self._move_checkpoint(batch[-1])
+            return staged.result
         async with self.conn.transaction():
+            adoption = await self.prepare(self.conn, batch)
+            blocks = [_without(block, refused) for block in adoption.blocks]
+            staged = _stage(blocks)
+            staged.quarantined.extend(set_aside)
             await self._insert(staged)
+            await self._adopt(adoption, staged.result)
             await self._move_checkpoint(batch[-1])
         return staged.result
+
+    async def _adopt(self, adoption: Adoption, result: BatchResult) -> None:
+        """Record another writer's transactions as adopted, and the handover's progress."""
+        result.ambiguous += adoption.ambiguous
+        if adoption.adopted:
+            rows = adoption.adopted
+            cur = await self.conn.execute(
+                _ADOPT,
+                {
+                    "chain": self.chain_id,
+                    "origin": LedgerOrigin.ADOPTED.value,
+                    "heights": [a.height for a in rows],
+                    "indexes": [a.tx_index for a in rows],
+                    "hashes": [a.tx_hash for a in rows],
+                    "counts": [a.play_count for a in rows],
+                    "skipped": [a.skipped_count for a in rows],
+                    "rpcs": [a.rpc for a in rows],
+                    "blocks": [a.block_hash for a in rows],
+                    "ids": [",".join(map(str, a.play_ids)) for a in rows],
+                },
+            )
+            counts = [row[0] for row in await cur.fetchall()]
+            result.adopted += len(counts)
+            result.adopted_plays += sum(counts)
+        if adoption.source:
+            await self.conn.execute(
+                _SAVE_HANDOVER,
+                {
+                    "chain": self.chain_id,
+                    "source": adoption.source,
+                    "through": adoption.through,
+                    "other": adoption.other_height,
+                },
+            )
 
     async def _move_checkpoint(self, last: DecodedBlock) -> None:
         """Inside the batch's transaction; a repair writer leaves progress alone."""
@@ -550,6 +701,12 @@ class PlaysSink:
             done.transactions += 1
             done.plays_written += staged.result.plays_written
         return done
+
+
+def _without(block: DecodedBlock, hashes: set[str]) -> DecodedBlock:
+    if not hashes:
+        return block
+    return replace(block, txs=tuple(tx for tx in block.txs if tx.tx_hash not in hashes))
 
 
 # batch_tx, height, tx_index, hash, play_count, skipped_count, skip_reasons, rpc,

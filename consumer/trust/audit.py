@@ -23,28 +23,26 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.config import SourceSettings
-from consumer.decode.blocks import LARGE_BLOCK_BYTES, decode_block, plays_positions, wire_bytes
+from consumer.decode.blocks import LARGE_BLOCK_BYTES, wire_bytes
 from consumer.errors import SinkUnavailable, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import (
     MAX_GETBLOCKS_HEIGHTS,
     Block,
     DecodedBlock,
-    DecodedTx,
     DifferenceKind,
     Rpc,
 )
 from consumer.sink.database import open_session
-from consumer.sink.plays import PlaysSink, report_set_aside
+from consumer.sink.plays import report_set_aside
+from consumer.sink.written import DEFAULT_OTHER_WRITER, OtherWriter
 from consumer.source.core import CoreClient, CoreSource
-from consumer.trust.compare import Findings, compare_blocks
-from consumer.trust.verify import read_written, record_differences
+from consumer.trust.reconcile import Reconciled, Reconciler
 
 __all__ = ["Auditor"]
 
@@ -75,6 +73,7 @@ class Auditor:
         stream: str,
         interval_s: float,
         metrics: Metrics,
+        other_writer: str = DEFAULT_OTHER_WRITER,
     ) -> None:
         self.client = client
         self.chain_id = chain_id
@@ -82,6 +81,7 @@ class Auditor:
         self.interval_s = interval_s
         self.metrics = metrics
         self._conninfo = conninfo
+        self._other = OtherWriter(other_writer)  # whose rows are recognised, not written again
         # A re-read of another chain is refused, as the stream's is.
         self._source = CoreSource.rereader(client, source_settings, chain_id, quiet=True)
         self._pending: list[list[int]] = []  # [low, high] ranges, ascending, disjoint
@@ -185,50 +185,45 @@ class Auditor:
             self._advance()
 
     async def _compare(self, conn: psycopg.AsyncConnection[TupleRow], blocks: list[Block]) -> None:
-        """Hashes of the re-read blocks' plays transactions against the ledger; only a
-        transaction found missing is decoded, to be written."""
-        thin = [_thin(block) for block in blocks]
-        ledger, elsewhere, quarantined, _ = await read_written(
-            conn, self.chain_id, thin, rows=False
-        )
-        found = compare_blocks(thin, ledger, elsewhere, quarantined, plays=None, play_counts=False)
-        by_height = {block.height: block for block in blocks}
-        found.missing = [
-            _decoded(by_height[thin_block.height], thin_block) for thin_block in found.missing
-        ]
-        await self._act(conn, found, blocks[0].height, blocks[-1].height)
-
-    async def _act(
-        self, conn: psycopg.AsyncConnection[TupleRow], found: Findings, low: int, high: int
-    ) -> None:
-        """Count, repair, record and log what one comparison found."""
+        """The re-read blocks against what was written, by the one reconcile: hashes
+        first, and only a height with a transaction the ledger lacks is decoded and
+        compared with its rows (another writer's transaction is never written again)."""
+        reconciler = Reconciler(conn, self.chain_id, self._other)
+        found = await reconciler.compare_delivered(blocks)
         if not found.differences:
             return
+        done = await reconciler.repair(found)
+        await self._count(conn, done, blocks[0].height, blocks[-1].height)
+
+    async def _count(
+        self, conn: psycopg.AsyncConnection[TupleRow], done: Reconciled, low: int, high: int
+    ) -> None:
+        """Count and log what one reconcile found and repaired."""
+        found = done.findings
         for kind, n in found.counts().items():
             self.metrics.audit_mismatches_total.labels(kind.value).inc(n)
-        written = set_aside = 0
-        if found.missing:
-            repair = PlaysSink(conn, self.chain_id, self.stream, 0, checkpoint=False)
-            # What PostgreSQL refuses is set aside for `quarantine retry`, not retried here.
-            result = await repair.write(found.missing, set_aside=True)
-            written, set_aside = result.plays_written, result.set_aside
-            self.metrics.audit_repaired_plays_total.inc(written)
-            if set_aside:
-                where = f"missing transactions at heights {low}..{high} (audit)"
-                await report_set_aside(conn, self.chain_id, self.metrics, set_aside, where)
-            for conflict in result.conflicts:
-                self.metrics.source_conflicts_total.labels(conflict.kind).inc()
-        await record_differences(conn, self.chain_id, found.differences)
+        if done.ambiguous:
+            self.metrics.ambiguous_transactions_total.inc(done.ambiguous)
+        self.metrics.audit_repaired_plays_total.inc(done.repaired_plays)
+        if done.set_aside:
+            where = f"missing transactions at heights {low}..{high} (audit)"
+            await report_set_aside(conn, self.chain_id, self.metrics, done.set_aside, where)
+        for conflict in done.conflicts:
+            self.metrics.source_conflicts_total.labels(conflict.kind).inc()
         # Which missing transaction was set aside the result does not say: claim
         # "repaired" only when none was.
-        mended = " (repaired)" if not set_aside else ""
+        mended = not done.set_aside
         for difference in found.differences[:_LOGGED_PER_ROUND]:
-            repaired = mended if difference.kind is DifferenceKind.MISSING else ""
+            what = difference.describe()
+            if difference.kind is DifferenceKind.MISSING and mended:
+                what = (
+                    f"height {difference.height}: missing tx {difference.tx_hash}: "
+                    f"repaired, {difference.plays} plays written"
+                )
             log.error(
                 "audit: a delivered block differs from the same block re-read through "
-                "GetBlocks: %s%s",
-                difference.describe(),
-                repaired,
+                "GetBlocks: %s",
+                what,
             )
         if len(found.differences) > _LOGGED_PER_ROUND:
             log.error(
@@ -237,8 +232,8 @@ class Auditor:
                 low,
                 high,
             )
-        if written:
-            log.error("audit: wrote %d plays that the first delivery lacked", written)
+        if done.repaired_plays:
+            log.error("audit: wrote %d plays that the first delivery lacked", done.repaired_plays)
 
     async def _save(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         """Keep the audited height, at most once a minute unless someone waits for it
@@ -280,20 +275,3 @@ class Auditor:
             self.audited_height = max(self.audited_height, frontier)
             self._shown = float(self.audited_height)
             self.metrics.audited_height.set(self.audited_height)
-
-
-def _thin(block: Block) -> DecodedBlock:
-    """The block's plays transactions by position and hash, without their plays."""
-    txs = tuple(DecodedTx(index, tx_hash, (), 0) for index, tx_hash in plays_positions(block))
-    return DecodedBlock(block.height, block.hash, block.chain_id, None, txs, via=block.via)
-
-
-def _decoded(block: Block, missing: DecodedBlock) -> DecodedBlock:
-    """The missing transactions of `block`, decoded in full (each on its own)."""
-    txs: list[DecodedTx] = []
-    time = None
-    for tx in missing.txs:
-        one = decode_block(replace(block, txs=(block.txs[tx.tx_index],)), tx.tx_index)
-        txs.extend(one.txs)
-        time = one.time
-    return replace(missing, txs=tuple(txs), time=time)

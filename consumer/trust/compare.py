@@ -1,58 +1,70 @@
-"""What the chain says against what was written: the rules of `verify` and the audit.
+"""What the chain says against what was written: one rule for verify, the audit, the handover.
 
-Pure: it is handed the blocks as re-read from the node (decoded), the ledger
-rows and the `plays` rows for the same heights, and returns the differences.
-No I/O, so every rule has a unit test that needs neither a node nor a database
-(consumer.trust.verify does the reading, consumer.trust.audit the following).
+Pure: it is handed the blocks as re-read from the node (decoded), what the
+database holds for the same heights (`Written`: ledger rows, and the `plays`
+rows another writer or this service put for each height), and returns the
+differences. No I/O, so every rule has a unit test that needs neither a node
+nor a database; consumer.trust.reconcile does the reading and the writing.
 
-What counts as a difference, and what does not:
-- A transaction's identity is its hash. A plays transaction of the block that
-  the ledger does not know is **missing** (its plays were never written), unless
-  its rows are all at its slot (**foreign**: the indexer this service took over
-  from wrote it; counted, not a difference, never repaired) or all its plays
-  are older than the pruning horizon (**pruned_or_missing**, never repaired:
-  writing a pruned play again would count it twice in the aggregates). One the
-  ledger holds at another height is **repeated** (the chain carries it twice,
-  and it was written once, as it must be): counted, not a difference. A position
-  that differs between deliveries is **moved**: counted, not a difference (nodes
-  before v1.9.0 re-sort GetBlocks, so a position is only as good as its call).
-- A ledger row at a height whose block, re-read, does not carry that transaction
-  is **extra**: reported, never deleted.
-- A ledger row whose play count differs from the block's is **play_count**.
-- The block hash recorded with the ledger rows differing from the block's is
-  **block_hash** (another chain, or a restored node).
-- Rows: at each height, the `plays` rows at that slot against the rows the
-  block's written transactions map to, whole rows by the field mapping. A row
-  the block maps to that is not there is **missing_rows**, or **pruned_or_missing**
-  when it is older than the pruning horizon (the api deletes plays after about
-  400 days); a row at that slot that the block does not map to is **extra_rows**
-  (another writer's, or the old chain's: the old chain's heights reuse the same
-  slot numbers).
-- A transaction set aside after PostgreSQL refused it (core_plays.quarantine) is
-  **quarantined**: its plays are not in `plays` until `quarantine retry`.
+**Whose is a transaction.** A transaction's identity is its hash.
+- In the ledger at this height: this service wrote it (or adopted it).
+- Carried again, at another height or a second time in this block (the chain
+  does carry relay resubmissions twice, byte for byte): **repeated**, written
+  once, never missing.
+- Set aside after PostgreSQL refused it: **quarantined**.
+- Otherwise it is not in the ledger, and the rows decide. Another writer's
+  transaction is recognised by content *and* place: every one of its rows (the
+  field mapping's columns but `id`, `updated_at` and `slot`), with multiplicity,
+  among the rows put for that height (at `slot = height`, the Go ETL's and this
+  service's place, or at the `plays_slot` the legacy indexer recorded for the
+  height in `core_indexed_blocks`), each row claimed by one transaction only.
+  Such a transaction is **foreign** (adoptable by the handover; counted, never
+  written). One with only some of its rows there is **ambiguous**: reported,
+  never written (writing it would double the rows that are there, skipping it
+  would lose the rest: a person decides). One whose plays are all older than
+  the pruning horizon is **pruned_or_missing** (never written: the api deletes
+  old plays, and writing one again counts it twice). The rest is **missing**:
+  its plays were never written, and a repair writes it.
+
+Claims are made in an order that cannot steal: this service's own transactions
+take their rows first; then transactions not in the ledger, most plays first,
+claim whole matches only (one transaction's plays can be a subset of
+another's, so a smaller one must not take rows a larger one needs); only then
+is partial presence judged. Rows a repeated transaction finds are another
+writer writing the chain's repeat again: **repeated_rows**.
+
+Also: a ledger row at a height whose re-read block lacks it is **extra**
+(reported, never deleted); a ledger play count that differs from the block's is
+**play_count**; a recorded block hash that differs is **block_hash**; rows the
+written transactions map to that are absent are **missing_rows**; rows no
+transaction accounts for are **extra_rows**. A position that differs between
+deliveries is **moved**: counted, not a difference.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from consumer.model import DecodedBlock, DecodedTx, DifferenceKind, PlayRow
 
 __all__ = [
+    "Adoptable",
     "Difference",
     "DifferenceKind",
     "Findings",
     "LedgerEntry",
+    "SlotRows",
+    "Written",
     "compare_blocks",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One core_plays.tx_ledger row, as verify reads it."""
+    """One core_plays.tx_ledger row, as the comparison needs it."""
 
     height: int
     tx_index: int
@@ -62,6 +74,60 @@ class LedgerEntry:
     rpc: str | None
 
 
+class SlotRows:
+    """The `plays` rows put for one height, by content, with their ids.
+
+    A row is claimed once: `take_all` removes a transaction's rows only when
+    every one is there (with multiplicity), so a failed claim changes nothing.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: dict[PlayRow, list[int]] = {}
+
+    def add(self, row: PlayRow, row_id: int) -> None:
+        self._ids.setdefault(row, []).append(row_id)
+
+    def take_all(self, plays: Sequence[PlayRow]) -> list[int] | None:
+        """The ids of rows for every play, removed; None (and nothing removed) if any lacks one."""
+        wanted = Counter(plays)
+        if any(len(self._ids.get(row, ())) < n for row, n in wanted.items()):
+            return None
+        return [self._ids[row].pop() for row in plays]
+
+    def take_some(self, plays: Sequence[PlayRow]) -> int:
+        """Remove the rows there are for these plays; how many."""
+        taken = 0
+        for row in plays:
+            ids = self._ids.get(row)
+            if ids:
+                ids.pop()
+                taken += 1
+        return taken
+
+    def has_any(self, plays: Iterable[PlayRow]) -> bool:
+        return any(self._ids.get(row) for row in plays)
+
+    def rows(self) -> Iterator[PlayRow]:
+        for row, ids in self._ids.items():
+            for _ in ids:
+                yield row
+
+    def total(self) -> int:
+        return sum(len(ids) for ids in self._ids.values())
+
+
+@dataclass(slots=True)
+class Written:
+    """What the database holds for some heights (read by consumer.trust.reconcile)."""
+
+    ledger: list[LedgerEntry] = field(default_factory=list)  # the ledger rows at these heights
+    elsewhere: dict[str, LedgerEntry] = field(default_factory=dict)  # their txs at other heights
+    quarantined: frozenset[str] = frozenset()  # their txs set aside (refused by PostgreSQL)
+    rows: dict[int, SlotRows] | None = None  # rows by height; None: compare by hashes only
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
     kind: DifferenceKind
@@ -69,19 +135,34 @@ class Difference:
     tx_hash: str = ""
     count: int = 1  # transactions, or rows for the row kinds
     detail: str = ""
+    plays: int = 0  # the plays of a transaction-level difference, where known
 
     def describe(self) -> str:
         what = f"height {self.height}: {self.kind}"
         if self.tx_hash:
             what += f" tx {self.tx_hash}"
-        if self.count != 1 or self.kind in _ROW_KINDS:
-            what += f" ({self.count} {'rows' if self.kind in _ROW_KINDS else 'txs'})"
+        if self.count != 1 or self.kind in ROW_KINDS:
+            what += f" ({self.count} {'rows' if self.kind in ROW_KINDS else 'txs'})"
         return f"{what}{': ' + self.detail if self.detail else ''}"
 
 
-_ROW_KINDS = frozenset(
-    {DifferenceKind.MISSING_ROWS, DifferenceKind.EXTRA_ROWS, DifferenceKind.PRUNED_OR_MISSING}
+ROW_KINDS = frozenset(
+    {
+        DifferenceKind.MISSING_ROWS,
+        DifferenceKind.EXTRA_ROWS,
+        DifferenceKind.PRUNED_OR_MISSING,
+        DifferenceKind.REPEATED_ROWS,
+    }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Adoptable:
+    """A transaction another writer wrote whole: the rows it claimed, by id."""
+
+    block: DecodedBlock  # the block, with this transaction only
+    tx: DecodedTx
+    play_ids: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -93,9 +174,14 @@ class Findings:
     plays: int = 0
     differences: list[Difference] = field(default_factory=list)
     missing: list[DecodedBlock] = field(default_factory=list)  # blocks of missing txs only
+    adoptable: list[Adoptable] = field(default_factory=list)  # another writer's, whole
     moved: int = 0  # written at another position than this delivery's
-    repeated: int = 0  # carried again at another height, written once
-    foreign: int = 0  # not in the ledger, but its rows are there: another writer's
+    repeated: int = 0  # carried again by the chain, written once
+
+    @property
+    def foreign(self) -> int:
+        """Transactions not in the ledger whose rows are all there: another writer's."""
+        return len(self.adoptable)
 
     def counts(self) -> Counter[DifferenceKind]:
         """How many of each kind: transactions, or rows for the row kinds."""
@@ -104,44 +190,42 @@ class Findings:
             totals[difference.kind] += difference.count
         return totals
 
+    def merge(self, other: Findings) -> None:
+        self.heights += other.heights
+        self.transactions += other.transactions
+        self.plays += other.plays
+        self.differences.extend(other.differences)
+        self.missing.extend(other.missing)
+        self.adoptable.extend(other.adoptable)
+        self.moved += other.moved
+        self.repeated += other.repeated
+
 
 def compare_blocks(
     blocks: Iterable[DecodedBlock],
-    ledger: Iterable[LedgerEntry],
-    elsewhere: Mapping[str, LedgerEntry],
-    quarantined: frozenset[str] = frozenset(),
-    plays: Mapping[int, Counter[PlayRow]] | None = None,
+    written: Written,
     pruned_before: datetime | None = None,
     play_counts: bool = True,
 ) -> Findings:
     """Compare re-read blocks with what was written for the same heights.
 
-    `ledger` holds the ledger rows at these heights; `elsewhere` the ledger rows,
-    by hash, of the blocks' transactions written at some other height; `plays`
-    the rows at each slot (None: transactions only, as the audit compares).
-    `play_counts=False` for blocks whose transactions were not decoded (the
-    audit's: it compares hashes, see consumer.decode.blocks.plays_positions).
+    With `written.rows` None only hashes are compared (the audit's first look:
+    every transaction not in the ledger is then a candidate for `missing`, to
+    be looked at again with its rows). `play_counts=False` for blocks whose
+    transactions were not decoded (see consumer.decode.blocks.plays_positions).
     """
     found = Findings()
     at_height: dict[int, dict[str, LedgerEntry]] = {}
-    for entry in ledger:
+    for entry in written.ledger:
         at_height.setdefault(entry.height, {})[entry.tx_hash] = entry
+    rows = written.rows
     for block in blocks:
         found.heights += 1
-        written = at_height.pop(block.height, None)
-        if not block.txs and written is None and (plays is None or block.height not in plays):
+        here = at_height.pop(block.height, None)
+        if not block.txs and here is None and (rows is None or block.height not in rows):
             continue  # an empty height with nothing written there: most of the chain
-        rows = None if plays is None else plays.get(block.height, Counter())
-        _compare_block(
-            block,
-            written or {},
-            elsewhere,
-            quarantined,
-            rows,
-            pruned_before,
-            found,
-            play_counts,
-        )
+        slot_rows = None if rows is None else rows.get(block.height, SlotRows())
+        _compare_block(block, here or {}, written, slot_rows, pruned_before, found, play_counts)
     for height, entries in sorted(at_height.items()):  # heights the re-read did not cover
         for entry in entries.values():
             found.differences.append(
@@ -152,33 +236,42 @@ def compare_blocks(
 
 def _compare_block(
     block: DecodedBlock,
-    written: dict[str, LedgerEntry],
-    elsewhere: Mapping[str, LedgerEntry],
-    quarantined: frozenset[str],
-    rows: Counter[PlayRow] | None,
+    here: dict[str, LedgerEntry],
+    written: Written,
+    rows: SlotRows | None,
     pruned_before: datetime | None,
     found: Findings,
-    play_counts: bool = True,
+    play_counts: bool,
 ) -> None:
-    """One height: its transactions against the ledger rows `written` there,
-    then (when `rows` is given) its plays against the rows at its slot."""
+    """One height: its transactions against the ledger rows `here`, then (when
+    `rows` is given) the rows put for it, claimed in the module's order."""
     height = block.height
-    expected: Counter[PlayRow] = Counter()
+    ours: list[DecodedTx] = []
     unknown: list[DecodedTx] = []
+    repeats: list[DecodedTx] = []
+    seen: set[str] = set()
     for tx in block.txs:
         found.transactions += 1
         found.plays += len(tx.plays)
-        entry = written.pop(tx.tx_hash, None)
-        if entry is not None:
-            expected.update(tx.plays)
-            _compare_entry(block, tx, entry, found, play_counts)
-        elif tx.tx_hash in elsewhere:
+        if tx.tx_hash in seen:  # the chain carries it twice in this block
             found.repeated += 1
-        elif tx.tx_hash in quarantined:
-            found.differences.append(Difference(DifferenceKind.QUARANTINED, height, tx.tx_hash))
+            repeats.append(tx)
+            continue
+        seen.add(tx.tx_hash)
+        entry = here.pop(tx.tx_hash, None)
+        if entry is not None:
+            ours.append(tx)
+            _compare_entry(block, tx, entry, found, play_counts)
+        elif tx.tx_hash in written.elsewhere:
+            found.repeated += 1
+            repeats.append(tx)
+        elif tx.tx_hash in written.quarantined:
+            found.differences.append(
+                Difference(DifferenceKind.QUARANTINED, height, tx.tx_hash, plays=len(tx.plays))
+            )
         else:
             unknown.append(tx)
-    for entry in written.values():  # what the block does not carry
+    for entry in here.values():  # what the block does not carry
         found.differences.append(
             Difference(
                 DifferenceKind.EXTRA,
@@ -187,23 +280,28 @@ def _compare_block(
                 detail=f"written from {entry.rpc or 'a delivery'}, not in the block",
             )
         )
-    leftover: Counter[PlayRow] = Counter() if rows is None else rows - expected
-    missing = [
-        tx for tx in unknown if _is_missing(height, tx, rows, leftover, pruned_before, found)
-    ]
+    if rows is None:
+        missing = [_missing(height, tx, found) for tx in unknown]
+    else:
+        _claim_ours(height, ours, rows, pruned_before, found)
+        missing = _claim_unknown(block, unknown, rows, pruned_before, found)
+        _claim_repeats(height, repeats, rows, found)
+        extra = rows.total()
+        if extra:
+            found.differences.append(Difference(DifferenceKind.EXTRA_ROWS, height, count=extra))
     if missing:
-        found.missing.append(
-            DecodedBlock(
-                height=height,
-                hash=block.hash,
-                chain_id=block.chain_id,
-                time=block.time,
-                txs=tuple(missing),
-                via=block.via,
-            )
-        )
-    if rows is not None:
-        _compare_rows(height, expected, rows, leftover, pruned_before, found)
+        found.missing.append(_only(block, missing))
+
+
+def _only(block: DecodedBlock, txs: Sequence[DecodedTx]) -> DecodedBlock:
+    return DecodedBlock(
+        height=block.height,
+        hash=block.hash,
+        chain_id=block.chain_id,
+        time=block.time,
+        txs=tuple(txs),
+        via=block.via,
+    )
 
 
 def _compare_entry(
@@ -231,33 +329,77 @@ def _compare_entry(
         )
 
 
-def _is_missing(
+def _missing(height: int, tx: DecodedTx, found: Findings) -> DecodedTx:
+    found.differences.append(
+        Difference(
+            DifferenceKind.MISSING,
+            height,
+            tx.tx_hash,
+            detail=f"{len(tx.plays)} plays never written",
+            plays=len(tx.plays),
+        )
+    )
+    return tx
+
+
+def _claim_ours(
     height: int,
-    tx: DecodedTx,
-    rows: Counter[PlayRow] | None,
-    leftover: Counter[PlayRow],
+    ours: Sequence[DecodedTx],
+    rows: SlotRows,
     pruned_before: datetime | None,
     found: Findings,
-) -> bool:
-    """A transaction the ledger does not know: never written, or written by another?
+) -> None:
+    """The ledger's transactions take their rows first; what is not there is missing_rows
+    (or pruned_or_missing, past the pruning horizon)."""
+    absent: list[PlayRow] = []
+    for tx in ours:
+        for play in tx.plays:
+            if not rows.take_some((play,)):
+                absent.append(play)
+    old = pruned_before
+    pruned = sum(1 for row in absent if old is not None and row.created_at < old)
+    if pruned:
+        found.differences.append(Difference(DifferenceKind.PRUNED_OR_MISSING, height, count=pruned))
+    if len(absent) > pruned:
+        found.differences.append(
+            Difference(DifferenceKind.MISSING_ROWS, height, count=len(absent) - pruned)
+        )
 
-    Its rows all at the slot, unclaimed by the ledger: another writer (the
-    indexer this service took over from) wrote it, so repairing it would double
-    every play. All its plays older than the pruning horizon and absent: it may
-    have been written and pruned, and writing it again would count it twice in
-    the aggregates. Only what is neither is missing, and repairable.
-    """
-    if rows is not None:
-        mine = Counter(tx.plays)
-        if mine <= leftover:
-            leftover.subtract(mine)
-            found.foreign += 1
-            return False
-        if (
-            pruned_before is not None
-            and tx.plays
-            and all(play.created_at < pruned_before for play in tx.plays)
-        ):
+
+def _claim_unknown(
+    block: DecodedBlock,
+    unknown: Sequence[DecodedTx],
+    rows: SlotRows,
+    pruned_before: datetime | None,
+    found: Findings,
+) -> list[DecodedTx]:
+    """Transactions not in the ledger: whole matches first, most plays first; then
+    ambiguous, pruned or missing. Returns the missing, in block order."""
+    height = block.height
+    by_size = sorted(unknown, key=lambda tx: -len(tx.plays))  # stable: block order within a size
+    claimed: set[int] = set()
+    for tx in by_size:
+        ids = rows.take_all(tx.plays)
+        if ids is not None:
+            claimed.add(id(tx))
+            found.adoptable.append(Adoptable(_only(block, (tx,)), tx, tuple(ids)))
+    missing: list[DecodedTx] = []
+    for tx in unknown:
+        if id(tx) in claimed:
+            continue
+        if rows.has_any(tx.plays):
+            present = rows.take_some(tx.plays)
+            found.differences.append(
+                Difference(
+                    DifferenceKind.AMBIGUOUS,
+                    height,
+                    tx.tx_hash,
+                    detail=f"{present} of its {len(tx.plays)} plays are in plays: "
+                    "partly written by another writer; not written (see the runbook)",
+                    plays=len(tx.plays),
+                )
+            )
+        elif pruned_before is not None and all(p.created_at < pruned_before for p in tx.plays):
             found.differences.append(
                 Difference(
                     DifferenceKind.PRUNED_OR_MISSING,
@@ -265,42 +407,35 @@ def _is_missing(
                     tx.tx_hash,
                     count=len(tx.plays),
                     detail="not in the ledger; its plays are older than the pruning horizon",
+                    plays=len(tx.plays),
                 )
             )
-            return False
-    found.differences.append(
-        Difference(
-            DifferenceKind.MISSING,
-            height,
-            tx.tx_hash,
-            detail=f"{len(tx.plays)} plays never written",
-        )
-    )
-    return True
+        else:
+            missing.append(_missing(height, tx, found))
+    return missing
 
 
-def _compare_rows(
-    height: int,
-    expected: Counter[PlayRow],
-    rows: Counter[PlayRow],
-    leftover: Counter[PlayRow],
-    pruned_before: datetime | None,
-    found: Findings,
+def _claim_repeats(
+    height: int, repeats: Sequence[DecodedTx], rows: SlotRows, found: Findings
 ) -> None:
-    """The rows the written transactions map to against the rows at the slot;
-    `leftover` is what is at the slot that nothing here accounts for."""
-    absent = expected - rows
-    pruned = sum(
-        n
-        for row, n in absent.items()
-        if pruned_before is not None and row.created_at < pruned_before
-    )
-    if pruned:
-        found.differences.append(Difference(DifferenceKind.PRUNED_OR_MISSING, height, count=pruned))
-    if absent.total() > pruned:
+    """A repeated transaction's rows here: another writer wrote the chain's repeat again."""
+    again = sum(rows.take_some(tx.plays) for tx in repeats)
+    if again:
         found.differences.append(
-            Difference(DifferenceKind.MISSING_ROWS, height, count=absent.total() - pruned)
+            Difference(
+                DifferenceKind.REPEATED_ROWS,
+                height,
+                count=again,
+                detail="another writer wrote a transaction the chain carries twice, again",
+            )
         )
-    extra = +leftover
-    if extra:
-        found.differences.append(Difference(DifferenceKind.EXTRA_ROWS, height, count=extra.total()))
+
+
+def rows_by_height(rows: Mapping[int, Iterable[tuple[int, PlayRow]]]) -> dict[int, SlotRows]:
+    """SlotRows from (id, row) pairs by height (for tests and for readers)."""
+    made: dict[int, SlotRows] = {}
+    for height, pairs in rows.items():
+        slot = made.setdefault(height, SlotRows())
+        for row_id, row in pairs:
+            slot.add(row, row_id)
+    return made

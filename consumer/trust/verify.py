@@ -24,18 +24,13 @@ from psycopg.rows import TupleRow
 from consumer.config import SourceSettings
 from consumer.decode.blocks import decode_block
 from consumer.errors import ConfigError
-from consumer.model import MAX_GETBLOCKS_HEIGHTS, Block, DecodedBlock, PlayRow, Rpc
-from consumer.sink.plays import PlaysSink
+from consumer.model import MAX_GETBLOCKS_HEIGHTS, DecodedBlock
+from consumer.sink.written import DEFAULT_OTHER_WRITER, OtherWriter
 from consumer.source.core import CoreClient, CoreSource
-from consumer.trust.compare import Difference, DifferenceKind, Findings, LedgerEntry, compare_blocks
+from consumer.trust.compare import Difference, DifferenceKind, Findings
+from consumer.trust.reconcile import Reconciler
 
-__all__ = [
-    "Progress",
-    "VerifyReport",
-    "read_written",
-    "record_differences",
-    "verify_range",
-]
+__all__ = ["Progress", "VerifyReport", "verify_range"]
 
 # Heights compared per round trip to the database, and plays at most: one
 # GetBlocks window's worth, so memory stays that of a window.
@@ -43,31 +38,6 @@ _CHUNK_HEIGHTS = MAX_GETBLOCKS_HEIGHTS
 _CHUNK_PLAYS = 20_000
 
 Progress = Callable[[int, int, float], None]  # heights done, heights in all, seconds
-
-_LEDGER_AT = """
-SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc FROM core_plays.tx_ledger
-WHERE chain_id = %s AND block_height BETWEEN %s AND %s
-"""
-_LEDGER_BY_HASH = """
-SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc FROM core_plays.tx_ledger
-WHERE chain_id = %s AND tx_hash = ANY(%s)
-"""
-_QUARANTINED = """
-SELECT tx_hash FROM core_plays.quarantine WHERE chain_id = %s AND tx_hash = ANY(%s)
-"""
-_PLAYS_AT = """
-SELECT slot, user_id, play_item_id, created_at, signature, city, region, country FROM plays
-WHERE slot BETWEEN %s AND %s
-"""
-# Findings of the audit and of a repair, kept beside the sink's own conflicts.
-_RECORD = """
-INSERT INTO core_plays.conflicts
-    (chain_id, kind, block_height, tx_index, tx_hash, rpc,
-     other_height, other_index, other_hash, other_rpc)
-SELECT %(chain)s, k, h, -1, x, %(rpc)s, h, -1, '', NULL
-FROM unnest(%(kinds)s::text[], %(heights)s::bigint[], %(hashes)s::text[]) AS d(k, h, x)
-ON CONFLICT DO NOTHING
-"""
 
 
 @dataclass(slots=True)
@@ -164,6 +134,7 @@ class VerifyReport:
                     DifferenceKind.PLAY_COUNT,
                     DifferenceKind.BLOCK_HASH,
                     DifferenceKind.QUARANTINED,
+                    DifferenceKind.AMBIGUOUS,
                 ),
             ),
             line(
@@ -172,6 +143,7 @@ class VerifyReport:
                     DifferenceKind.MISSING_ROWS,
                     DifferenceKind.EXTRA_ROWS,
                     DifferenceKind.PRUNED_OR_MISSING,
+                    DifferenceKind.REPEATED_ROWS,
                 ),
             ),
             f"not differences: moved {self.moved}, repeated {self.repeated}, "
@@ -187,64 +159,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-async def read_written(
-    conn: psycopg.AsyncConnection[TupleRow],
-    chain_id: str,
-    blocks: Sequence[DecodedBlock | Block],
-    rows: bool,
-) -> tuple[list[LedgerEntry], dict[str, LedgerEntry], frozenset[str], dict[int, Counter[PlayRow]]]:
-    """What the database holds for these blocks' heights: the ledger rows there,
-    the ledger rows elsewhere of their transactions, the quarantined ones among
-    them, and (with `rows`) the plays rows at each slot. A large block may come
-    undecoded (a `Block`): its transactions' hashes are all this needs."""
-    low, high = blocks[0].height, blocks[-1].height
-    cur = await conn.execute(_LEDGER_AT, (chain_id, low, high))
-    ledger = [LedgerEntry(*row) for row in await cur.fetchall()]
-    here = {(entry.height, entry.tx_hash) for entry in ledger}
-    others = [h for b in blocks for h in _tx_hashes(b) if (b.height, h) not in here]
-    elsewhere: dict[str, LedgerEntry] = {}
-    quarantined: frozenset[str] = frozenset()
-    if others:
-        cur = await conn.execute(_LEDGER_BY_HASH, (chain_id, others))
-        elsewhere = {row[2]: LedgerEntry(*row) for row in await cur.fetchall()}
-        cur = await conn.execute(_QUARANTINED, (chain_id, others))
-        quarantined = frozenset(row[0] for row in await cur.fetchall())
-    plays: dict[int, Counter[PlayRow]] = {}
-    if rows:
-        cur = await conn.execute(_PLAYS_AT, (low, high))
-        for slot, *values in await cur.fetchall():
-            plays.setdefault(slot, Counter())[PlayRow(*values)] += 1
-    return ledger, elsewhere, quarantined, plays
-
-
-def _tx_hashes(block: DecodedBlock | Block) -> list[str]:
-    if isinstance(block, DecodedBlock):
-        return [tx.tx_hash for tx in block.txs]
-    return [tx.hash for tx in block.txs]  # a plays transaction's hash, or another's: harmless
-
-
-async def record_differences(
-    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, differences: Sequence[Difference]
-) -> None:
-    """Keep transaction-level findings in core_plays.conflicts for the audit trail."""
-    kept = [
-        d
-        for d in differences
-        if d.kind in (DifferenceKind.MISSING, DifferenceKind.EXTRA, DifferenceKind.BLOCK_HASH)
-    ]
-    if kept:
-        await conn.execute(
-            _RECORD,
-            {
-                "chain": chain_id,
-                "rpc": str(Rpc.GET_BLOCKS),
-                "kinds": [str(d.kind) for d in kept],
-                "heights": [d.height for d in kept],
-                "hashes": [d.tx_hash for d in kept],
-            },
-        )
-
-
 async def verify_range(
     client: CoreClient,
     conn: psycopg.AsyncConnection[TupleRow],
@@ -257,33 +171,29 @@ async def verify_range(
     pruned_before_days: float = 400.0,
     max_differences: int = 20,
     progress: Progress | None = None,
+    other_writer: str = DEFAULT_OTHER_WRITER,
 ) -> VerifyReport:
-    """Compare (and with `repair`, mend) heights from_height..to_height."""
+    """Compare (and with `repair`, mend) heights from_height..to_height; `other_writer`
+    is the progress table of the writer this service replaces (consumer.sink.written)."""
     head = await client.head()
     if to_height > head:
         raise ConfigError(f"--to-height {to_height} is above the node's head ({head})")
     report = VerifyReport(chain_id, from_height, to_height, max_differences)
     pruned_before = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=pruned_before_days)
     source = CoreSource.rereader(client, settings, chain_id)
-    repairer = PlaysSink(conn, chain_id, "verify", from_height, checkpoint=False)
+    reconciler = Reconciler(conn, chain_id, OtherWriter(other_writer), pruned_before)
     started = time.monotonic()
     chunk: list[DecodedBlock] = []
     chunk_plays = 0
     total = to_height - from_height + 1
 
     async def check() -> None:
-        ledger, elsewhere, quarantined, plays = await read_written(conn, chain_id, chunk, rows=True)
-        found = compare_blocks(chunk, ledger, elsewhere, quarantined, plays, pruned_before)
+        found = await reconciler.compare(chunk)
         report.add(found)
-        if repair and found.missing:
-            result = await repairer.write(found.missing, set_aside=True)
-            # Less any the live service wrote meanwhile (the ledger let those through
-            # once), and any PostgreSQL refused: set aside, their plays are not written.
-            offered = sum(len(b.txs) for b in found.missing)
-            report.repaired_transactions += offered - result.duplicates - result.set_aside
-            report.repaired_plays += result.plays_written
         if repair:
-            await record_differences(conn, chain_id, found.differences)
+            done = await reconciler.repair(found)
+            report.repaired_transactions += done.repaired_transactions
+            report.repaired_plays += done.repaired_plays
         if progress is not None:
             progress(chunk[-1].height - from_height + 1, total, time.monotonic() - started)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from consumer.model import DecodedBlock, DecodedTx, PlayRow, Rpc
-from consumer.trust.compare import Findings, LedgerEntry, compare_blocks
+from consumer.trust.compare import Findings, LedgerEntry, Written, compare_blocks, rows_by_height
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 OLD = datetime(2020, 1, 1)
@@ -31,8 +31,30 @@ def entry(
     return LedgerEntry(height, index, tx_hash, plays, block_hash or f"H{height}", "StreamBlocks")
 
 
-def at(height: int, *plays: PlayRow) -> dict[int, Counter[PlayRow]]:
-    return {height: Counter(plays)}
+def at(height: int, *plays: PlayRow) -> dict[int, list[PlayRow]]:
+    return {height: list(plays)}
+
+
+def cmp(
+    blocks: Sequence[DecodedBlock],
+    ledger: Iterable[LedgerEntry] = (),
+    elsewhere: Mapping[str, LedgerEntry] | None = None,
+    quarantined: frozenset[str] = frozenset(),
+    rows: Mapping[int, Sequence[PlayRow]] | None = None,
+    pruned_before: datetime | None = None,
+    play_counts: bool = True,
+) -> Findings:
+    """compare_blocks over what a reader would hand it; row ids are numbered from 1."""
+    ids = iter(range(1, 1_000_000))
+    written = Written(
+        list(ledger),
+        dict(elsewhere or {}),
+        quarantined,
+        None
+        if rows is None
+        else rows_by_height({h: [(next(ids), r) for r in rs] for h, rs in rows.items()}),
+    )
+    return compare_blocks(blocks, written, pruned_before, play_counts)
 
 
 def kinds(found: Findings) -> dict[str, int]:
@@ -40,80 +62,72 @@ def kinds(found: Findings) -> dict[str, int]:
 
 
 def test_a_block_written_whole_has_no_difference() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, plays=at(5, play(1))
-    )
+    found = cmp([block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, rows=at(5, play(1)))
     assert found.differences == []
     assert (found.heights, found.transactions, found.plays) == (1, 1, 1)
 
 
 def test_a_transaction_the_ledger_lacks_is_missing_and_offered_for_repair() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "X", play(9)), tx(1, "A", play(1)))], [entry(5, 0, "A")], {}
-    )
+    found = cmp([block(5, tx(0, "X", play(9)), tx(1, "A", play(1)))], [entry(5, 0, "A")], {})
     assert kinds(found) == {"missing": 1}
     assert [[t.tx_hash for t in b.txs] for b in found.missing] == [["X"]]
 
 
 def test_a_ledger_transaction_the_block_lacks_is_extra_and_never_offered_for_repair() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "A", play(1)))], [entry(5, 0, "A"), entry(5, 1, "Z")], {}
-    )
+    found = cmp([block(5, tx(0, "A", play(1)))], [entry(5, 0, "A"), entry(5, 1, "Z")], {})
     assert kinds(found) == {"extra": 1}
     assert found.missing == []
 
 
 def test_ledger_rows_at_a_height_outside_the_blocks_read_are_extra() -> None:
-    found = compare_blocks([block(5)], [entry(6, 0, "Z")], {})
+    found = cmp([block(5)], [entry(6, 0, "Z")], {})
     assert kinds(found) == {"extra": 1}
 
 
 def test_another_position_is_counted_as_moved_not_as_a_difference() -> None:
-    found = compare_blocks([block(5, tx(1, "A", play(1)))], [entry(5, 0, "A")], {})
+    found = cmp([block(5, tx(1, "A", play(1)))], [entry(5, 0, "A")], {})
     assert (found.differences, found.moved) == ([], 1)
 
 
 def test_a_transaction_written_at_another_height_is_repeated_not_missing() -> None:
-    found = compare_blocks([block(9, tx(0, "A", play(1)))], [], {"A": entry(5, 0, "A")})
+    found = cmp([block(9, tx(0, "A", play(1)))], [], {"A": entry(5, 0, "A")})
     assert (found.differences, found.repeated, found.missing) == ([], 1, [])
 
 
 def test_a_play_count_that_differs_from_the_ledger_is_a_difference() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "A", play(1), play(2)))], [entry(5, 0, "A", plays=1)], {}
-    )
+    found = cmp([block(5, tx(0, "A", play(1), play(2)))], [entry(5, 0, "A", plays=1)], {})
     assert kinds(found) == {"play_count": 1}
 
 
 def test_a_block_hash_other_than_the_one_written_from_is_a_difference() -> None:
-    found = compare_blocks(
+    found = cmp(
         [block(5, tx(0, "A", play(1)), block_hash="NEW")], [entry(5, 0, "A", block_hash="OLD")], {}
     )
     assert kinds(found) == {"block_hash": 1}
 
 
 def test_a_quarantined_transaction_is_reported_and_not_offered_for_repair() -> None:
-    found = compare_blocks([block(5, tx(0, "Q", play(1)))], [], {}, quarantined=frozenset({"Q"}))
+    found = cmp([block(5, tx(0, "Q", play(1)))], [], {}, quarantined=frozenset({"Q"}))
     assert kinds(found) == {"quarantined": 1}
     assert found.missing == []
 
 
 def test_rows_the_block_maps_to_that_are_not_in_plays_are_missing_rows() -> None:
-    found = compare_blocks(
+    found = cmp(
         [block(5, tx(0, "A", play(1), play(2)))],
         [entry(5, 0, "A", plays=2)],
         {},
-        plays=at(5, play(1)),
+        rows=at(5, play(1)),
     )
     assert kinds(found) == {"missing_rows": 1}
 
 
 def test_missing_rows_older_than_the_pruning_horizon_are_pruned_or_missing() -> None:
-    found = compare_blocks(
+    found = cmp(
         [block(5, tx(0, "A", play(1, OLD)))],
         [entry(5, 0, "A")],
         {},
-        plays=at(5),
+        rows=at(5),
         pruned_before=HORIZON,
     )
     assert kinds(found) == {"pruned_or_missing": 1}
@@ -121,41 +135,103 @@ def test_missing_rows_older_than_the_pruning_horizon_are_pruned_or_missing() -> 
 
 def test_a_row_that_differs_in_any_field_is_missing_and_extra() -> None:
     written = PlayRow(7, 1, T0, "sig", "Porto", "Lisboa", "PT")
-    found = compare_blocks(
-        [block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, plays=at(5, written)
-    )
+    found = cmp([block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, rows=at(5, written))
     assert kinds(found) == {"missing_rows": 1, "extra_rows": 1}
 
 
 def test_rows_at_the_slot_that_no_transaction_maps_to_are_extra_rows() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, plays=at(5, play(1), play(77))
+    found = cmp(
+        [block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, rows=at(5, play(1), play(77))
     )
     assert kinds(found) == {"extra_rows": 1}
 
 
 def test_a_transaction_whose_rows_another_writer_wrote_is_not_missing() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "OLD", play(3), play(4)))], [], {}, plays=at(5, play(3), play(4))
-    )
+    found = cmp([block(5, tx(0, "OLD", play(3), play(4)))], [], {}, rows=at(5, play(3), play(4)))
     assert (found.differences, found.foreign, found.missing) == ([], 1, [])
 
 
 def test_a_transaction_absent_with_all_its_plays_past_the_horizon_is_never_repaired() -> None:
-    found = compare_blocks(
-        [block(5, tx(0, "A", play(1, OLD)))], [], {}, plays=at(5), pruned_before=HORIZON
-    )
+    found = cmp([block(5, tx(0, "A", play(1, OLD)))], [], {}, rows=at(5), pruned_before=HORIZON)
     assert kinds(found) == {"pruned_or_missing": 1}
     assert found.missing == []
 
 
 def test_without_rows_only_transactions_are_compared() -> None:
-    found = compare_blocks([block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, plays=None)
+    found = cmp([block(5, tx(0, "A", play(1)))], [entry(5, 0, "A")], {}, rows=None)
     assert found.differences == []
 
 
 def test_without_play_counts_a_block_of_hashes_only_matches_its_ledger_rows() -> None:
     # The audit's blocks carry hashes, not plays (consumer.trust.audit._thin).
     thin = block(5, tx(0, "A"))
-    found = compare_blocks([thin], [entry(5, 0, "A", plays=3)], {}, play_counts=False)
+    found = cmp([thin], [entry(5, 0, "A", plays=3)], {}, play_counts=False)
     assert found.differences == []
+
+
+# --- other writers and the chain's repeats (DESIGN §4b) ------------------------------
+
+
+def test_a_transaction_the_chain_carries_twice_in_one_block_is_repeated_not_missing() -> None:
+    twice = block(5, tx(0, "A", play(1)), tx(1, "A", play(1)))
+    found = cmp([twice], [entry(5, 0, "A")], rows=at(5, play(1)))
+    assert (found.differences, found.repeated, found.missing) == ([], 1, [])
+
+
+def test_by_hashes_alone_a_transaction_carried_twice_in_a_block_is_not_missing() -> None:
+    thin = block(5, tx(0, "A"), tx(3, "A"))
+    found = cmp([thin], [entry(5, 0, "A")], play_counts=False)
+    assert (found.differences, found.repeated) == ([], 1)
+
+
+def test_another_writer_that_wrote_a_repeat_twice_is_reported_as_repeated_rows() -> None:
+    twice = block(5, tx(0, "A", play(1)), tx(1, "A", play(1)))
+    found = cmp([twice], rows=at(5, play(1), play(1)))
+    assert kinds(found) == {"repeated_rows": 1}
+    assert (found.foreign, found.missing) == (1, [])
+
+
+def test_a_transaction_with_only_some_of_its_rows_there_is_ambiguous_and_never_written() -> None:
+    found = cmp([block(5, tx(0, "P", play(1), play(2), play(3)))], rows=at(5, play(1), play(2)))
+    assert kinds(found) == {"ambiguous": 1}
+    assert (found.missing, found.foreign) == ([], 0)
+
+
+def test_k_identical_plays_need_k_rows_to_be_another_writers() -> None:
+    doubled = tx(0, "D", play(1), play(1))
+    assert kinds(cmp([block(5, doubled)], rows=at(5, play(1)))) == {"ambiguous": 1}
+    assert cmp([block(5, doubled)], rows=at(5, play(1), play(1))).foreign == 1
+
+
+def test_a_row_accounts_for_one_play_of_one_transaction_only() -> None:
+    same = block(5, tx(0, "A", play(1)), tx(1, "B", play(1)))
+    found = cmp([same], rows=at(5, play(1)))
+    assert (found.foreign, kinds(found)) == (1, {"missing": 1})
+    assert [t.tx_hash for b in found.missing for t in b.txs] == ["B"]
+
+
+def test_a_lost_transaction_whose_plays_contain_a_written_ones_is_missing_not_ambiguous() -> None:
+    # The larger transaction was lost; the smaller one (a subset of it) was written.
+    larger, smaller = tx(0, "L", play(1), play(2)), tx(1, "S", play(1))
+    found = cmp([block(5, larger, smaller)], rows=at(5, play(1)))
+    assert kinds(found) == {"missing": 1}
+    assert [t.tx_hash for b in found.missing for t in b.txs] == ["L"]
+
+
+def test_a_lost_transaction_whose_plays_are_inside_a_written_ones_is_missing() -> None:
+    smaller, larger = tx(0, "S", play(1)), tx(1, "L", play(1), play(2))
+    found = cmp([block(5, smaller, larger)], rows=at(5, play(1), play(2)))
+    assert kinds(found) == {"missing": 1}
+    assert [t.tx_hash for b in found.missing for t in b.txs] == ["S"]
+
+
+def test_an_adoptable_transaction_names_the_row_ids_it_claimed() -> None:
+    found = cmp([block(5, tx(0, "O", play(3), play(4)))], rows=at(5, play(3), play(4)))
+    assert [(a.tx.tx_hash, sorted(a.play_ids)) for a in found.adoptable] == [("O", [1, 2])]
+
+
+def test_this_services_own_transactions_take_their_rows_before_another_writers() -> None:
+    # Ours and a lost one carry the same play: the row is ours, the lost one is missing.
+    found = cmp([block(5, tx(0, "A", play(1)), tx(1, "X", play(1)))], [entry(5, 0, "A")],
+                rows=at(5, play(1)))  # fmt: skip
+    assert kinds(found) == {"missing": 1}

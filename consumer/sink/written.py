@@ -1,0 +1,146 @@
+"""What the database holds for some heights: the reads behind every comparison.
+
+The ledger rows at a range of heights and, by hash, elsewhere; the set-aside
+transactions among them; and the `plays` rows put for each height, by this
+service or by another writer: at `slot = height` (this service's place, and the
+Go ETL plays hook's), and at the `plays_slot` that the legacy Python indexer
+recorded for the height in its progress table (`core_indexed_blocks` unless
+`--handover-from` names another). Every statement on those tables that a
+comparison needs is here; consumer.trust.reconcile calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from consumer.model import PlayRow, QuarantineKind
+
+__all__ = [
+    "DEFAULT_OTHER_WRITER",
+    "LedgerRow",
+    "OtherWriter",
+    "RowAt",
+    "ledger_at",
+    "ledger_by_hash",
+    "plays_at_slots",
+    "set_aside_among",
+]
+
+# The legacy indexers' progress table (DESIGN §4b): (chain_id, height, ..., plays_slot).
+DEFAULT_OTHER_WRITER = "core_indexed_blocks"
+
+_LEDGER_AT = """
+SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc FROM core_plays.tx_ledger
+WHERE chain_id = %s AND block_height BETWEEN %s AND %s
+"""
+_LEDGER_BY_HASH = """
+SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc FROM core_plays.tx_ledger
+WHERE chain_id = %s AND tx_hash = ANY(%s)
+"""
+_SET_ASIDE = """
+SELECT tx_hash FROM core_plays.quarantine
+WHERE chain_id = %s AND kind = %s AND tx_hash = ANY(%s)
+"""
+# Rows at the heights themselves, and at the other slots the legacy indexer used for
+# them: one statement, so one round trip whatever the shape of the other writer.
+_PLAYS_AT = """
+SELECT id, slot, user_id, play_item_id, created_at, coalesce(signature, ''),
+       coalesce(city, ''), coalesce(region, ''), coalesce(country, '')
+FROM plays WHERE slot BETWEEN %s AND %s OR slot = ANY(%s)
+"""
+
+# (height, tx_index, tx_hash, play_count, block_hash, rpc)
+LedgerRow = tuple[int, int, str, int, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RowAt:
+    """One plays row and the height it was put for."""
+
+    height: int
+    row_id: int
+    row: PlayRow
+
+
+async def ledger_at(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, low: int, high: int
+) -> list[LedgerRow]:
+    cur = await conn.execute(_LEDGER_AT, (chain_id, low, high))
+    return await cur.fetchall()
+
+
+async def ledger_by_hash(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, hashes: Sequence[str]
+) -> list[LedgerRow]:
+    cur = await conn.execute(_LEDGER_BY_HASH, (chain_id, list(hashes)))
+    return await cur.fetchall()
+
+
+async def set_aside_among(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, hashes: Sequence[str]
+) -> frozenset[str]:
+    """Which of these transactions PostgreSQL refused and are set aside."""
+    cur = await conn.execute(_SET_ASIDE, (chain_id, QuarantineKind.REFUSED.value, list(hashes)))
+    return frozenset(row[0] for row in await cur.fetchall())
+
+
+async def plays_at_slots(
+    conn: psycopg.AsyncConnection[TupleRow], low: int, high: int, other_slots: dict[int, int]
+) -> list[RowAt]:
+    """The plays rows for heights low..high: at slot = height, and at each height's other
+    slot (`other_slots`: slot -> height) where the legacy indexer put them."""
+    cur = await conn.execute(_PLAYS_AT, (low, high, list(other_slots)), prepare=False)
+    found = []
+    for row_id, slot, *values in await cur.fetchall():
+        height = other_slots.get(slot, int(slot))  # never NULL: the WHERE names it
+        found.append(RowAt(height, row_id, PlayRow(*values)))
+    return found
+
+
+class OtherWriter:
+    """The progress table of a writer this service replaces (`core_indexed_blocks`).
+
+    Both legacy writers record each height they indexed there, the Python indexer
+    with the slot it put the height's plays at. The table may not exist (a database
+    no other writer ever touched): then there is no other writer to recognise.
+    """
+
+    def __init__(self, table: str = DEFAULT_OTHER_WRITER) -> None:
+        self.table = table
+        self._name = sql.Identifier(*table.split(".", 1))
+        self._exists: bool | None = None
+
+    async def exists(self, conn: psycopg.AsyncConnection[TupleRow]) -> bool:
+        if self._exists is None:
+            cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,))
+            row = await cur.fetchone()
+            self._exists = bool(row and row[0])
+        return self._exists
+
+    async def slots(
+        self, conn: psycopg.AsyncConnection[TupleRow], chain_id: str, low: int, high: int
+    ) -> dict[int, int]:
+        """slot -> height for the heights low..high whose plays the legacy indexer put at a
+        slot of its own (`plays_slot`; the Go ETL leaves it at its default)."""
+        if not await self.exists(conn):
+            return {}
+        query = sql.SQL(
+            "SELECT plays_slot, height FROM {} WHERE chain_id = %s AND height BETWEEN %s AND %s"
+            " AND plays_slot IS NOT NULL AND plays_slot > 0 AND plays_slot <> height"
+        ).format(self._name)
+        cur = await conn.execute(query, (chain_id, low, high))
+        return {int(slot): int(height) for slot, height in await cur.fetchall()}
+
+    async def height(self, conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> int | None:
+        """The other writer's committed height W for the chain; None if it wrote none."""
+        if not await self.exists(conn):
+            return None
+        query = sql.SQL("SELECT max(height) FROM {} WHERE chain_id = %s").format(self._name)
+        cur = await conn.execute(query, (chain_id,))
+        row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
