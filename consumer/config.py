@@ -360,6 +360,20 @@ class Settings:
         "How often the continuous audit re-reads what the stream delivered (one GetBlocks "
         "call and one ledger query a round, whatever the blocks).",
     )
+    handover_from: str | None = option(
+        None,
+        "Run beside the writer this service replaces: the progress table it keeps "
+        "(core_indexed_blocks). Writes no height above that writer's; adopts what it "
+        "wrote, writes only what it lost; default: no handover (verify and the audit "
+        "still recognise core_indexed_blocks' rows when it exists).",
+        metavar="TABLE",
+    )
+    handover_quiet_s: float | None = option(
+        None,
+        "With --handover-from: once the other writer's height has not moved for this long "
+        "while the node is ahead, take over and write alone; default: keep trailing.",
+        metavar="S",
+    )
 
     def __post_init__(self) -> None:
         coerce_enums(self)
@@ -376,6 +390,10 @@ class Settings:
                 f"--to-height {self.to_height} is below --from-height {self.from_height}"
             )
         _positive("audit_interval_s", self.audit_interval_s)
+        if self.handover_quiet_s is not None:
+            _positive("handover_quiet_s", self.handover_quiet_s)
+            if self.handover_from is None:
+                raise ConfigError("--handover-quiet-s needs --handover-from TABLE")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

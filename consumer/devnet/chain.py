@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import random
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -56,6 +58,11 @@ class ChainSpec:
     max_plays_per_tx: int = 8
     busy_txs_per_block: int = 10
     busy_plays_per_tx: int = 200
+    # Real transactions instead of generated ones: a file of [uint32 LE length][
+    # SignedTransaction] records (../shared/data/take1.pb), laid into blocks of
+    # `recorded_per_block` in file order; heights past the file are empty.
+    recorded: str = ""
+    recorded_per_block: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,23 @@ def _tx_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest().upper()
 
 
+def _read_recorded(path: str) -> tuple[GeneratedTx, ...]:
+    """Real transactions from a recording; the hash is a real node's (SHA-256, upper hex)."""
+    data = Path(path).read_bytes()
+    txs: list[GeneratedTx] = []
+    offset = 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<I", data, offset)
+        raw = data[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+        signed = types_pb2.SignedTransaction.FromString(raw)
+        member = signed.WhichOneof("transaction")
+        kind = TxKind.PLAYS if member == "plays" else TxKind.NON_PLAY
+        plays = tuple(signed.plays.plays) if member == "plays" else ()
+        txs.append(GeneratedTx(kind, _tx_hash(raw), raw, plays))
+    return tuple(txs)
+
+
 class DevChain:
     """Generates and caches the blocks of one simulated chain."""
 
@@ -92,6 +116,7 @@ class DevChain:
         self._cache: OrderedDict[int, tuple[GeneratedTx, ...]] = OrderedDict()
         self._cache_blocks = cache_blocks
         self._busy_template: bytes | None = None
+        self._recorded = _read_recorded(spec.recorded) if spec.recorded else ()
 
     def block_hash(self, height: int) -> str:
         key = f"{self.spec.chain_id}:{self.spec.seed}:{self.spec.hash_salt}:{height}"
@@ -137,8 +162,17 @@ class DevChain:
 
     # --- generation ---------------------------------------------------------
 
+    @property
+    def recorded_heights(self) -> int:
+        """How many heights the recorded transactions fill (0 without a recording)."""
+        per = self.spec.recorded_per_block
+        return (len(self._recorded) + per - 1) // per
+
     def _generate(self, height: int) -> tuple[GeneratedTx, ...]:
         spec = self.spec
+        if spec.recorded:
+            first = (height - 1) * spec.recorded_per_block
+            return self._recorded[first : first + spec.recorded_per_block] if height > 0 else ()
         if spec.profile is Profile.EMPTY:
             return ()
         if spec.profile is Profile.BUSY:

@@ -41,8 +41,10 @@ from consumer.service.writer import Writer
 from consumer.sink.database import migrate_when_ready
 from consumer.sink.lease import Holder, Lease
 from consumer.sink.plays import PlaysSink, read_checkpoint
+from consumer.sink.written import DEFAULT_OTHER_WRITER
 from consumer.source.core import CoreClient, CoreSource
 from consumer.trust.audit import Auditor
+from consumer.trust.handover import Handover, refuse_another_writers_heights
 
 __all__ = ["Runner"]
 
@@ -61,6 +63,7 @@ class Runner:
         self.progress = RunProgress(metrics.head_value, settings.to_height)
         self._commits = CommitObserver(metrics, self.progress)
         self._retry = Retry(Backoff(cap_s=settings.source.retry_cap_s), stop)
+        self._handover: Handover | None = None
         metrics.watch(lambda: self.readiness()[0], self.ready.lag_s)
 
     @property
@@ -87,6 +90,16 @@ class Runner:
                 __version__, info.chain_id, settings.source.source_mode, settings.sink.stream
             )
             start_point = StartPoint(settings, client, info.chain_id, self.metrics, self.stop)
+            if settings.handover_from is not None:
+                self._handover = Handover(
+                    settings.handover_from,
+                    info.chain_id,
+                    settings.sink.conninfo,
+                    settings.handover_quiet_s,
+                    self.metrics,
+                    self.stop,
+                    self.metrics.head_value,
+                )
             source = CoreSource(
                 client,
                 settings.source,
@@ -99,6 +112,8 @@ class Runner:
                     break
             self.progress.finish()
         finally:
+            if self._handover is not None:
+                await self._handover.close()
             await client.close()
 
     async def _prepare_database(self) -> bool:
@@ -131,6 +146,8 @@ class Runner:
                 self.metrics.set_processed(checkpoint.height)
                 self.ready.positioned(checkpoint.block_time)
             start = await start_point.height(conn, checkpoint)
+            if self._handover is None:
+                await refuse_another_writers_heights(conn, self.chain_id, start)
             end = self.settings.to_height
             if end is not None and start > end:
                 log.info("nothing to do: start height %d is past --to-height %d", start, end)
@@ -142,12 +159,18 @@ class Runner:
                 start,
                 f" to {end}" if end else "",
             )
+            handover = self._handover
             sink = PlaysSink(
-                conn, self.chain_id, settings.stream, start, rewind=settings.rewind_checkpoint
+                conn,
+                self.chain_id,
+                settings.stream,
+                start,
+                rewind=settings.rewind_checkpoint,
+                prepare=None if handover is None else handover.prepare,
             )
             writer = Writer(sink, lease, self.settings, self.metrics, self.stop, self.waiting)
             pipeline = Pipeline(
-                source,
+                source if handover is None else handover.gated(source),
                 writer,
                 self.settings,
                 self.metrics,
@@ -181,6 +204,7 @@ class Runner:
             self.settings.sink.stream,
             self.settings.audit_interval_s,
             self.metrics,
+            self.settings.handover_from or DEFAULT_OTHER_WRITER,
         )
 
     def _committed(self, start_point: StartPoint, result: BatchResult) -> None:

@@ -22,12 +22,16 @@ from consumer.model import PlayRow, QuarantineKind
 
 __all__ = [
     "DEFAULT_OTHER_WRITER",
+    "HandoverRecord",
     "LedgerRow",
     "OtherWriter",
     "RowAt",
     "ledger_at",
     "ledger_by_hash",
     "plays_at_slots",
+    "read_handover",
+    "record_resumed",
+    "record_takeover",
     "set_aside_among",
 ]
 
@@ -52,6 +56,23 @@ _PLAYS_AT = """
 SELECT id, slot, user_id, play_item_id, created_at, coalesce(signature, ''),
        coalesce(city, ''), coalesce(region, ''), coalesce(country, '')
 FROM plays WHERE slot BETWEEN %s AND %s OR slot = ANY(%s)
+"""
+
+_READ_HANDOVER = """
+SELECT adopted_through, other_height, taken_over_height, resumed_height
+FROM core_plays.handover WHERE chain_id = %s AND source = %s
+"""
+_TAKE_OVER = """
+INSERT INTO core_plays.handover (chain_id, source, other_height, taken_over_height, taken_over_at)
+VALUES (%(chain)s, %(source)s, %(height)s, %(height)s, now())
+ON CONFLICT (chain_id, source) DO UPDATE
+SET taken_over_height = EXCLUDED.taken_over_height, taken_over_at = now(),
+    other_height = EXCLUDED.other_height, updated_at = now()
+"""
+_RESUMED = """
+UPDATE core_plays.handover SET resumed_height = greatest(coalesce(resumed_height, 0), %s),
+    other_height = %s, updated_at = now()
+WHERE chain_id = %s AND source = %s
 """
 
 # (height, tx_index, tx_hash, play_count, block_hash, rpc)
@@ -144,3 +165,35 @@ class OtherWriter:
         cur = await conn.execute(query, (chain_id,))
         row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverRecord:
+    """core_plays.handover for one (chain, other writer)."""
+
+    adopted_through: int
+    other_height: int | None
+    taken_over_height: int | None
+    resumed_height: int | None
+
+
+async def read_handover(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, source: str
+) -> HandoverRecord | None:
+    cur = await conn.execute(_READ_HANDOVER, (chain_id, source))
+    row = await cur.fetchone()
+    return None if row is None else HandoverRecord(*row)
+
+
+async def record_takeover(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, source: str, height: int
+) -> None:
+    """The other writer stopped at `height`: this service writes alone from here on."""
+    await conn.execute(_TAKE_OVER, {"chain": chain_id, "source": source, "height": height})
+
+
+async def record_resumed(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, source: str, height: int
+) -> None:
+    """The other writer wrote again after the takeover, up to `height`."""
+    await conn.execute(_RESUMED, (height, height, chain_id, source))

@@ -213,84 +213,101 @@ def compare_blocks(
     every transaction not in the ledger is then a candidate for `missing`, to
     be looked at again with its rows). `play_counts=False` for blocks whose
     transactions were not decoded (see consumer.decode.blocks.plays_positions).
+    The blocks are one window: a hash met again in it, in the same block or a
+    later one, is a repeat, and claims are made window-wide in the module's order.
     """
     found = Findings()
     at_height: dict[int, dict[str, LedgerEntry]] = {}
     for entry in written.ledger:
         at_height.setdefault(entry.height, {})[entry.tx_hash] = entry
     rows = written.rows
+    seen: set[str] = set()
+    heights: list[_Height] = []
     for block in blocks:
         found.heights += 1
         here = at_height.pop(block.height, None)
         if not block.txs and here is None and (rows is None or block.height not in rows):
             continue  # an empty height with nothing written there: most of the chain
-        slot_rows = None if rows is None else rows.get(block.height, SlotRows())
-        _compare_block(block, here or {}, written, slot_rows, pruned_before, found, play_counts)
+        slot_rows = SlotRows() if rows is None else rows.get(block.height, SlotRows())
+        heights.append(_classify(block, here or {}, written, slot_rows, seen, found, play_counts))
     for height, entries in sorted(at_height.items()):  # heights the re-read did not cover
         for entry in entries.values():
             found.differences.append(
                 Difference(DifferenceKind.EXTRA, height, entry.tx_hash, detail="no such block")
             )
+    if rows is None:
+        for h in heights:
+            _judge(h, None, pruned_before, found, by_rows=False)
+        return found
+    for h in heights:
+        _claim_ours(h, pruned_before, found)
+    for h in heights:
+        _claim_whole(h, found)
+    _claim_at_repeats(heights, found)
+    for h in heights:
+        _judge(h, h.rows, pruned_before, found, by_rows=True)
+        _claim_repeats(h, found)
+        extra = h.rows.total()
+        if extra:
+            found.differences.append(Difference(DifferenceKind.EXTRA_ROWS, h.height, count=extra))
     return found
 
 
-def _compare_block(
+@dataclass(slots=True)
+class _Height:
+    """One height of a window, as the claims go through it."""
+
+    block: DecodedBlock
+    rows: SlotRows
+    ours: list[DecodedTx] = field(default_factory=list)
+    unknown: list[DecodedTx] = field(default_factory=list)
+    repeats: list[DecodedTx] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return self.block.height
+
+
+def _classify(
     block: DecodedBlock,
     here: dict[str, LedgerEntry],
     written: Written,
-    rows: SlotRows | None,
-    pruned_before: datetime | None,
+    rows: SlotRows,
+    seen: set[str],
     found: Findings,
     play_counts: bool,
-) -> None:
-    """One height: its transactions against the ledger rows `here`, then (when
-    `rows` is given) the rows put for it, claimed in the module's order."""
-    height = block.height
-    ours: list[DecodedTx] = []
-    unknown: list[DecodedTx] = []
-    repeats: list[DecodedTx] = []
-    seen: set[str] = set()
+) -> _Height:
+    """Sort one height's transactions: this service's, repeats, set aside, unknown."""
+    h = _Height(block, rows)
     for tx in block.txs:
         found.transactions += 1
         found.plays += len(tx.plays)
-        if tx.tx_hash in seen:  # the chain carries it twice in this block
-            found.repeated += 1
-            repeats.append(tx)
-            continue
-        seen.add(tx.tx_hash)
         entry = here.pop(tx.tx_hash, None)
-        if entry is not None:
-            ours.append(tx)
+        if entry is not None and tx.tx_hash not in seen:
+            h.ours.append(tx)
             _compare_entry(block, tx, entry, found, play_counts)
-        elif tx.tx_hash in written.elsewhere:
-            found.repeated += 1
-            repeats.append(tx)
+        elif tx.tx_hash in seen or tx.tx_hash in written.elsewhere:
+            found.repeated += 1  # carried again, in this block or this window or before
+            h.repeats.append(tx)
         elif tx.tx_hash in written.quarantined:
             found.differences.append(
-                Difference(DifferenceKind.QUARANTINED, height, tx.tx_hash, plays=len(tx.plays))
+                Difference(
+                    DifferenceKind.QUARANTINED, block.height, tx.tx_hash, plays=len(tx.plays)
+                )
             )
         else:
-            unknown.append(tx)
+            h.unknown.append(tx)
+        seen.add(tx.tx_hash)
     for entry in here.values():  # what the block does not carry
         found.differences.append(
             Difference(
                 DifferenceKind.EXTRA,
-                height,
+                block.height,
                 entry.tx_hash,
                 detail=f"written from {entry.rpc or 'a delivery'}, not in the block",
             )
         )
-    if rows is None:
-        missing = [_missing(height, tx, found) for tx in unknown]
-    else:
-        _claim_ours(height, ours, rows, pruned_before, found)
-        missing = _claim_unknown(block, unknown, rows, pruned_before, found)
-        _claim_repeats(height, repeats, rows, found)
-        extra = rows.total()
-        if extra:
-            found.differences.append(Difference(DifferenceKind.EXTRA_ROWS, height, count=extra))
-    if missing:
-        found.missing.append(_only(block, missing))
+    return h
 
 
 def _only(block: DecodedBlock, txs: Sequence[DecodedTx]) -> DecodedBlock:
@@ -342,68 +359,83 @@ def _missing(height: int, tx: DecodedTx, found: Findings) -> DecodedTx:
     return tx
 
 
-def _claim_ours(
-    height: int,
-    ours: Sequence[DecodedTx],
-    rows: SlotRows,
-    pruned_before: datetime | None,
-    found: Findings,
-) -> None:
+def _claim_ours(h: _Height, pruned_before: datetime | None, found: Findings) -> None:
     """The ledger's transactions take their rows first; what is not there is missing_rows
     (or pruned_or_missing, past the pruning horizon)."""
-    absent: list[PlayRow] = []
-    for tx in ours:
-        for play in tx.plays:
-            if not rows.take_some((play,)):
-                absent.append(play)
+    absent = [play for tx in h.ours for play in tx.plays if not h.rows.take_some((play,))]
     old = pruned_before
     pruned = sum(1 for row in absent if old is not None and row.created_at < old)
     if pruned:
-        found.differences.append(Difference(DifferenceKind.PRUNED_OR_MISSING, height, count=pruned))
+        found.differences.append(
+            Difference(DifferenceKind.PRUNED_OR_MISSING, h.height, count=pruned)
+        )
     if len(absent) > pruned:
         found.differences.append(
-            Difference(DifferenceKind.MISSING_ROWS, height, count=len(absent) - pruned)
+            Difference(DifferenceKind.MISSING_ROWS, h.height, count=len(absent) - pruned)
         )
 
 
-def _claim_unknown(
-    block: DecodedBlock,
-    unknown: Sequence[DecodedTx],
-    rows: SlotRows,
+def _claim_whole(h: _Height, found: Findings) -> None:
+    """Transactions not in the ledger claim whole matches at their height, most plays
+    first (a smaller transaction must not take rows a larger one needs)."""
+    for tx in sorted(h.unknown, key=lambda tx: -len(tx.plays)):  # stable within a size
+        ids = h.rows.take_all(tx.plays)
+        if ids is not None:
+            _adopt(h, tx, ids, found)
+
+
+def _adopt(h: _Height, tx: DecodedTx, ids: list[int], found: Findings) -> None:
+    h.unknown.remove(tx)
+    found.adoptable.append(Adoptable(_only(h.block, (tx,)), tx, tuple(ids)))
+
+
+def _claim_at_repeats(heights: Sequence[_Height], found: Findings) -> None:
+    """A transaction the chain carries again later in the window, not found at its first
+    height: another writer that lost the first copy may have written the second."""
+    later: dict[str, list[_Height]] = {}
+    for h in heights:
+        for tx in h.repeats:
+            later.setdefault(tx.tx_hash, []).append(h)
+    for h in heights:
+        for tx in list(h.unknown):
+            for other in later.get(tx.tx_hash, ()):
+                ids = other.rows.take_all(tx.plays)
+                if ids is not None:
+                    _adopt(h, tx, ids, found)
+                    break
+
+
+def _judge(
+    h: _Height,
+    rows: SlotRows | None,
     pruned_before: datetime | None,
     found: Findings,
-) -> list[DecodedTx]:
-    """Transactions not in the ledger: whole matches first, most plays first; then
-    ambiguous, pruned or missing. Returns the missing, in block order."""
-    height = block.height
-    by_size = sorted(unknown, key=lambda tx: -len(tx.plays))  # stable: block order within a size
-    claimed: set[int] = set()
-    for tx in by_size:
-        ids = rows.take_all(tx.plays)
-        if ids is not None:
-            claimed.add(id(tx))
-            found.adoptable.append(Adoptable(_only(block, (tx,)), tx, tuple(ids)))
+    by_rows: bool,
+) -> None:
+    """What is left unknown: ambiguous (partly there), pruned, or missing."""
     missing: list[DecodedTx] = []
-    for tx in unknown:
-        if id(tx) in claimed:
-            continue
-        if rows.has_any(tx.plays):
+    for tx in h.unknown:
+        if by_rows and rows is not None and rows.has_any(tx.plays):
             present = rows.take_some(tx.plays)
             found.differences.append(
                 Difference(
                     DifferenceKind.AMBIGUOUS,
-                    height,
+                    h.height,
                     tx.tx_hash,
                     detail=f"{present} of its {len(tx.plays)} plays are in plays: "
                     "partly written by another writer; not written (see the runbook)",
                     plays=len(tx.plays),
                 )
             )
-        elif pruned_before is not None and all(p.created_at < pruned_before for p in tx.plays):
+        elif (
+            by_rows
+            and pruned_before is not None
+            and all(p.created_at < pruned_before for p in tx.plays)
+        ):
             found.differences.append(
                 Difference(
                     DifferenceKind.PRUNED_OR_MISSING,
-                    height,
+                    h.height,
                     tx.tx_hash,
                     count=len(tx.plays),
                     detail="not in the ledger; its plays are older than the pruning horizon",
@@ -411,20 +443,19 @@ def _claim_unknown(
                 )
             )
         else:
-            missing.append(_missing(height, tx, found))
-    return missing
+            missing.append(_missing(h.height, tx, found))
+    if missing:
+        found.missing.append(_only(h.block, missing))
 
 
-def _claim_repeats(
-    height: int, repeats: Sequence[DecodedTx], rows: SlotRows, found: Findings
-) -> None:
+def _claim_repeats(h: _Height, found: Findings) -> None:
     """A repeated transaction's rows here: another writer wrote the chain's repeat again."""
-    again = sum(rows.take_some(tx.plays) for tx in repeats)
+    again = sum(h.rows.take_some(tx.plays) for tx in h.repeats)
     if again:
         found.differences.append(
             Difference(
                 DifferenceKind.REPEATED_ROWS,
-                height,
+                h.height,
                 count=again,
                 detail="another writer wrote a transaction the chain carries twice, again",
             )

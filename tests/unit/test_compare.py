@@ -235,3 +235,23 @@ def test_this_services_own_transactions_take_their_rows_before_another_writers()
     found = cmp([block(5, tx(0, "A", play(1)), tx(1, "X", play(1)))], [entry(5, 0, "A")],
                 rows=at(5, play(1)))  # fmt: skip
     assert kinds(found) == {"missing": 1}
+
+
+def test_a_transaction_carried_again_in_a_later_block_is_missing_once_not_twice() -> None:
+    found = cmp([block(5, tx(0, "A", play(1))), block(6, tx(0, "A", play(1)))], rows={})
+    assert (kinds(found), found.repeated) == ({"missing": 1}, 1)
+    assert [(b.height, [t.tx_hash for t in b.txs]) for b in found.missing] == [(5, ["A"])]
+
+
+def test_another_writer_that_wrote_only_the_later_copy_of_a_repeat_wrote_it() -> None:
+    found = cmp([block(5, tx(0, "A", play(1))), block(6, tx(0, "A", play(1)))], rows=at(6, play(1)))
+    assert (found.differences, found.foreign, found.missing) == ([], 1, [])
+
+
+def test_another_writer_that_wrote_both_copies_of_a_repeat_is_reported_once_as_repeated_rows(
+) -> None:  # fmt: skip
+    found = cmp(
+        [block(5, tx(0, "A", play(1))), block(6, tx(0, "A", play(1)))],
+        rows={5: [play(1)], 6: [play(1)]},
+    )
+    assert (kinds(found), found.foreign) == ({"repeated_rows": 1}, 1)
