@@ -50,6 +50,7 @@ class Writer:
         self.metrics = metrics
         self.stop = stop
         self.waiting = waiting
+        self._counted_at = time.monotonic()
 
     async def idle(self) -> None:
         """Between batches at the tip: the session is alive, and the set-aside count fresh
@@ -60,6 +61,14 @@ class Writer:
     async def count_set_aside(self) -> None:
         pending = await count_set_aside(self.sink.conn, self.sink.chain_id)
         self.metrics.set_aside_pending.set(pending)
+        self._counted_at = time.monotonic()
+
+    async def _count_set_aside_if_due(self) -> None:
+        """After a commit, recount at most every --head-refresh-s: a busy chain never
+        leaves the writer idle, yet a page for set-aside plays must clear soon after
+        `quarantine retry` writes them. One indexed count per interval costs nothing."""
+        if time.monotonic() - self._counted_at >= self.settings.source.head_refresh_s:
+            await self.count_set_aside()
 
     async def write(self, batch: list[DecodedBlock]) -> BatchResult:
         """Write one batch; a refusal is retried until --refused-retry-s has passed,
@@ -105,6 +114,7 @@ class Writer:
                     result.set_aside,
                     f"blocks {batch[0].height}..{batch[-1].height}",
                 )
+            await self._count_set_aside_if_due()
             return result
 
     async def _watched(

@@ -281,9 +281,11 @@ _RUNTIME_PRIVILEGES: tuple[tuple[str, str, str, str], ...] = (
     ("table", "core_plays.checkpoint", "UPDATE", "moving the checkpoint with every batch"),
     ("table", "core_plays.quarantine", "SELECT", "RETURNING what was quarantined; status"),
     ("table", "core_plays.quarantine", "INSERT", "undecodable transactions and blocks"),
+    ("table", "core_plays.quarantine", "UPDATE", "`quarantine retry` marks what it wrote"),
     ("table", "core_plays.conflicts", "SELECT", "RETURNING the new disagreements; verify"),
     ("table", "core_plays.conflicts", "INSERT", "disagreements between two deliveries"),
     ("plays_schema", "", "USAGE", "plays lives there"),
+    ("table", "plays", "SELECT", "`verify` and the audit compare the rows with the chain"),
     ("table", "plays", "INSERT", "the rows this service exists to write"),
     ("sequence", "", "USAGE", "nextval() for plays.id"),
 )
@@ -344,13 +346,17 @@ def _qualified(name: str) -> sql.Composable:
 
 
 async def runtime_grants(conn: psycopg.AsyncConnection[TupleRow], role: str) -> str:
-    """The exact GRANT statements for a role that runs `run`, `status` and `gaps` but
-    owns nothing, each with why; run them as the owner after `migrate`."""
+    """The exact GRANT statements for a role that owns nothing and runs every command
+    the runbook runs in the Deployment's pod (`run`, `status`, `gaps`, `verify`,
+    `quarantine retry`), each with why; run them as the owner after `migrate`."""
     objects = await _objects(conn)
     grouped: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for kind, name, privilege, why in _privilege_rows(objects):
         grouped.setdefault((kind, name), []).append((privilege, why))
-    lines = [f"-- least privilege for `plays-consumer run` as {role}; apply as the owner"]
+    lines = [
+        f"-- least privilege for `plays-consumer run` and the runbook's commands as {role}; "
+        "apply as the owner"
+    ]
     for (kind, name), privileges in grouped.items():
         lines += [f"-- {privilege}: {why}" for privilege, why in privileges]
         target = sql.Identifier(name) if kind in ("database", "schema") else _qualified(name)
@@ -362,11 +368,6 @@ async def runtime_grants(conn: psycopg.AsyncConnection[TupleRow], role: str) -> 
             sql.Identifier(role),
         )
         lines.append(statement.as_string(conn))
-    plays_name = _qualified(f"{objects.plays_schema}.{objects.plays}").as_string(conn)
-    lines.append(
-        "-- only for a role that runs `plays-consumer verify`, which compares the rows: "
-        f"GRANT SELECT ON {plays_name} TO {sql.Identifier(role).as_string(conn)};"
-    )
     if objects.has_triggers:
         lines.append(
             "-- plays has triggers (on_play): unless they are SECURITY DEFINER, the role also "

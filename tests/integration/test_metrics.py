@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry
 from consumer.devnet import ChainSpec, DevChain, Faults, TxKind
 from consumer.metrics import Metrics
 from consumer.model import RepairReason, SkipReason
+from consumer.ops.admin import quarantine_command
 from consumer.service.readiness import Readiness, Role
-from tests.conftest import DevnetFactory, eventually, run_consumer, sample
+from tests.conftest import DevnetFactory, eventually, make_settings, run_consumer, sample
+from tests.consumers import Consumer, query
 from tests.reference import expected_rows
 
 
@@ -235,3 +237,24 @@ async def test_the_ready_gauge_is_what_readyz_answers(
     assert sample(metrics, "is_leader") == 1
     stop.set()
     await task
+
+
+async def test_set_aside_pending_falls_after_a_retry_on_a_chain_that_never_idles(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet = await devnet_factory(height=20, block_interval_s=0.02)  # a block every 20 ms
+    bad = min(int(str(row[3])) for row in expected_rows(devnet.chain, 1, 20))
+    await query(
+        database,
+        f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.slot = {bad} THEN RAISE EXCEPTION 'refused'; END IF;
+            RETURN NULL; END $$;
+            CREATE TRIGGER refuse AFTER INSERT ON plays FOR EACH ROW EXECUTE FUNCTION refuse()""",
+    )
+    # The writer is idle only after 1 s without a block, which this chain never leaves.
+    consumer = Consumer(devnet.url, database, from_height=1, refused_retry_s=0, head_refresh_s=1)
+    await eventually(lambda: consumer.value("set_aside_pending") > 0)
+    await query(database, "DROP TRIGGER refuse ON plays")
+    assert await quarantine_command(make_settings(devnet.url, database), "retry") == 0
+    await eventually(lambda: consumer.value("set_aside_pending") == 0)
+    await consumer.finish()

@@ -229,9 +229,61 @@ async def test_run_on_a_schema_behind_tells_the_runtime_role_to_migrate_as_the_o
 
 async def test_print_grants_changes_nothing_in_the_database(two_roles: TwoRoles) -> None:
     out = await _migrate_and_print_grants(two_roles)
-    assert "GRANT INSERT ON public.plays" in out.replace('"', "")
+    assert "GRANT SELECT, INSERT ON public.plays" in out.replace('"', "")
     async with await connect(two_roles.owner_url) as conn:
         cur = await conn.execute(
             "SELECT has_table_privilege(%s, 'plays', 'INSERT')", (two_roles.runtime,)
         )
         assert await cur.fetchone() == (False,)
+
+
+async def test_verify_works_as_a_role_with_only_the_printed_grants(
+    devnet: DevnetServer, two_roles: TwoRoles
+) -> None:
+    await _migrate_and_grant(two_roles)
+    code, err = await _run_as_runtime(devnet, two_roles, to_height=20)
+    assert code == 0, err
+    code, out, err = await run_once(
+        "verify",
+        *flags(
+            core_url=devnet.url, database_url=two_roles.runtime_url, from_height=1, to_height=20
+        ),
+    )
+    assert code == 0, out + err
+
+
+async def test_quarantine_retry_works_as_a_role_with_only_the_printed_grants(
+    devnet: DevnetServer, two_roles: TwoRoles
+) -> None:
+    await _migrate_and_grant(two_roles)
+    bad = min(int(str(row[3])) for row in expected_rows(devnet.chain, 1, 20))  # has plays
+    async with await connect(two_roles.owner_url) as conn:
+        await conn.execute(
+            f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN IF NEW.slot = {bad} THEN RAISE EXCEPTION 'refused'; END IF;
+               RETURN NULL; END $$;
+               CREATE TRIGGER refuse AFTER INSERT ON plays
+               FOR EACH ROW EXECUTE FUNCTION refuse()"""
+        )
+    code, _, err = await run_once(
+        "run",
+        *flags(
+            core_url=devnet.url,
+            database_url=two_roles.runtime_url,
+            from_height=1,
+            to_height=20,
+            metrics_addr="127.0.0.1:0",
+            refused_retry_s=0,
+        ),
+    )
+    assert code == 0, err
+    async with await connect(two_roles.owner_url) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) > 0 FROM core_plays.quarantine WHERE written_at IS NULL"
+        )
+        assert await cur.fetchone() == (True,)  # something was set aside to retry
+        await conn.execute("DROP TRIGGER refuse ON plays")
+    code, out, err = await run_once("quarantine", "retry", "--database-url", two_roles.runtime_url)
+    assert code == 0, out + err
+    async with await connect(two_roles.owner_url) as conn:
+        assert await plays_rows(conn) == expected_rows(devnet.chain, 1, 20)
