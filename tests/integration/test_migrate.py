@@ -43,6 +43,7 @@ async def test_a_fresh_database_gets_plays_and_the_core_plays_schema(empty_datab
     assert tables == [
         "core_plays.checkpoint",
         "core_plays.conflicts",
+        "core_plays.handover",
         "core_plays.migrations",
         "core_plays.quarantine",
         "core_plays.tx_ledger",
