@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 __all__ = [
     "MAX_GETBLOCKS_HEIGHTS",
+    "REPEAT_REACH",
     "WHOLE_BLOCK",
     "BatchResult",
     "Block",
@@ -42,6 +43,11 @@ __all__ = [
 # A wire fact: a node refuses a GetBlocks call for more heights than this (config checks
 # --poll-window against it, the devnet enforces it).
 MAX_GETBLOCKS_HEIGHTS = 500
+# How far apart the chain carries the same transaction twice (relay resubmissions,
+# byte for byte): within a block or a few blocks on the real chain (take1.pb: at most
+# 38 transactions apart). Comparisons look this many heights past their window so
+# that a repeat at the window's edge is seen as one.
+REPEAT_REACH = 64
 
 
 class Rpc(StrEnum):

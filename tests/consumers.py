@@ -97,7 +97,13 @@ class BusyServer(TcpProxy):
 
 
 async def verify_heights(
-    core_url: str, database: str, chain_id: str, first: int, last: int, repair: bool = False
+    core_url: str,
+    database: str,
+    chain_id: str,
+    first: int,
+    last: int,
+    repair: bool = False,
+    pruned_before_days: float = 400.0,
 ) -> VerifyReport:
     """`verify` (or `verify --repair`) of heights first..last, in this process."""
     settings = make_settings(core_url, database)
@@ -105,7 +111,14 @@ async def verify_heights(
     try:
         async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
             return await verify_range(
-                client, conn, settings.source, chain_id, first, last, repair=repair
+                client,
+                conn,
+                settings.source,
+                chain_id,
+                first,
+                last,
+                repair=repair,
+                pruned_before_days=pruned_before_days,
             )
     finally:
         await client.close()

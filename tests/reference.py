@@ -39,35 +39,53 @@ def _time(seconds: int, nanos: int) -> datetime | None:
     return when if when >= _EPOCH else None
 
 
-def expected_rows(chain: DevChain, first: int, last: int) -> Counter[Row]:
-    """(user_id, play_item_id, created_at, slot, signature, city, region, country) rows."""
-    rows: Counter[Row] = Counter()
-    for height in range(first, last + 1):
-        block_time = _time(*chain.block_time(height))
-        for tx in chain.txs(height):
-            if tx.kind is not TxKind.PLAYS:
+def tx_rows(chain: DevChain, height: int) -> list[tuple[str, list[Row]]]:
+    """Each plays transaction of a height, in block order, with its rows as
+    (user_id, play_item_id, created_at, signature, city, region, country): the
+    field mapping, without the slot a writer puts them at."""
+    block_time = _time(*chain.block_time(height))
+    found: list[tuple[str, list[Row]]] = []
+    for tx in chain.txs(height):
+        if tx.kind is not TxKind.PLAYS:
+            continue
+        plays = tx.plays or tuple(types_pb2.SignedTransaction.FromString(tx.data).plays.plays)
+        rows: list[Row] = []
+        for play in plays:
+            track = _int32(play.track_id)
+            if track is None:
                 continue
-            plays = tx.plays or tuple(types_pb2.SignedTransaction.FromString(tx.data).plays.plays)
-            for play in plays:
-                track = _int32(play.track_id)
-                if track is None:
-                    continue
-                created = None
-                if play.HasField("timestamp") and (play.timestamp.seconds or play.timestamp.nanos):
-                    created = _time(play.timestamp.seconds, play.timestamp.nanos)
-                created = created or block_time
-                rows[
-                    (
-                        _int32(play.user_id),
-                        track,
-                        created,
-                        height,
-                        play.signature.replace("\x00", ""),
-                        play.city.replace("\x00", ""),
-                        play.region.replace("\x00", ""),
-                        play.country.replace("\x00", ""),
-                    )
-                ] += 1
+            created = None
+            if play.HasField("timestamp") and (play.timestamp.seconds or play.timestamp.nanos):
+                created = _time(play.timestamp.seconds, play.timestamp.nanos)
+            rows.append(
+                (
+                    _int32(play.user_id),
+                    track,
+                    created or block_time,
+                    play.signature.replace("\x00", ""),
+                    play.city.replace("\x00", ""),
+                    play.region.replace("\x00", ""),
+                    play.country.replace("\x00", ""),
+                )
+            )
+        found.append((tx.hash, rows))
+    return found
+
+
+def expected_rows(chain: DevChain, first: int, last: int) -> Counter[Row]:
+    """(user_id, play_item_id, created_at, slot, signature, city, region, country) rows.
+
+    A transaction the chain carries twice (the same hash: real relay resubmissions)
+    is one set of plays, at the height it first appears."""
+    rows: Counter[Row] = Counter()
+    once: set[str] = set()
+    for height in range(first, last + 1):
+        for tx_hash, tx in tx_rows(chain, height):
+            if tx_hash in once:
+                continue
+            once.add(tx_hash)
+            for user, track, created, signature, city, region, country in tx:
+                rows[(user, track, created, height, signature, city, region, country)] += 1
     return rows
 
 

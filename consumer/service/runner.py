@@ -99,6 +99,7 @@ class Runner:
                     self.metrics,
                     self.stop,
                     self.metrics.head_value,
+                    CoreSource.rereader(client, settings.source, info.chain_id).blocks,
                 )
             source = CoreSource(
                 client,

@@ -38,13 +38,14 @@ __all__ = [
 # The legacy indexers' progress table (DESIGN §4b): (chain_id, height, ..., plays_slot).
 DEFAULT_OTHER_WRITER = "core_indexed_blocks"
 
+# play_ids: the rows an adopted transaction claimed (NULL for this service's own).
 _LEDGER_AT = """
-SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc FROM core_plays.tx_ledger
-WHERE chain_id = %s AND block_height BETWEEN %s AND %s
+SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc, coalesce(play_ids, '{}')
+FROM core_plays.tx_ledger WHERE chain_id = %s AND block_height BETWEEN %s AND %s
 """
 _LEDGER_BY_HASH = """
-SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc FROM core_plays.tx_ledger
-WHERE chain_id = %s AND tx_hash = ANY(%s)
+SELECT block_height, tx_index, tx_hash, play_count, block_hash, rpc, coalesce(play_ids, '{}')
+FROM core_plays.tx_ledger WHERE chain_id = %s AND tx_hash = ANY(%s)
 """
 _SET_ASIDE = """
 SELECT tx_hash FROM core_plays.quarantine
@@ -55,7 +56,7 @@ WHERE chain_id = %s AND kind = %s AND tx_hash = ANY(%s)
 _PLAYS_AT = """
 SELECT id, slot, user_id, play_item_id, created_at, coalesce(signature, ''),
        coalesce(city, ''), coalesce(region, ''), coalesce(country, '')
-FROM plays WHERE slot BETWEEN %s AND %s OR slot = ANY(%s)
+FROM plays WHERE slot BETWEEN %s AND %s OR slot = ANY(%s) OR id = ANY(%s)
 """
 
 _READ_HANDOVER = """
@@ -75,8 +76,8 @@ UPDATE core_plays.handover SET resumed_height = greatest(coalesce(resumed_height
 WHERE chain_id = %s AND source = %s
 """
 
-# (height, tx_index, tx_hash, play_count, block_hash, rpc)
-LedgerRow = tuple[int, int, str, int, str | None, str | None]
+# (height, tx_index, tx_hash, play_count, block_hash, rpc, play_ids)
+LedgerRow = tuple[int, int, str, int, str | None, str | None, list[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +112,25 @@ async def set_aside_among(
 
 
 async def plays_at_slots(
-    conn: psycopg.AsyncConnection[TupleRow], low: int, high: int, other_slots: dict[int, int]
+    conn: psycopg.AsyncConnection[TupleRow],
+    low: int,
+    high: int,
+    other_slots: dict[int, int],
+    adopted: dict[int, int],
 ) -> list[RowAt]:
-    """The plays rows for heights low..high: at slot = height, and at each height's other
-    slot (`other_slots`: slot -> height) where the legacy indexer put them."""
-    cur = await conn.execute(_PLAYS_AT, (low, high, list(other_slots)), prepare=False)
+    """The plays rows for heights low..high: at slot = height, at each height's other
+    slot (`other_slots`: slot -> height) where the legacy indexer put them, and the
+    rows the handover adopted (`adopted`: row id -> the height of the transaction
+    that claimed it), which belong to that height wherever they lie: a transaction
+    the chain carries twice can claim the rows the other writer put at its repeat.
+    A row adopted for a height outside low..high is not this window's."""
+    params = (low, high, list(other_slots), list(adopted))
+    cur = await conn.execute(_PLAYS_AT, params, prepare=False)
     found = []
     for row_id, slot, *values in await cur.fetchall():
-        height = other_slots.get(slot, int(slot))  # never NULL: the WHERE names it
-        found.append(RowAt(height, row_id, PlayRow(*values)))
+        height = adopted.get(row_id) or other_slots.get(slot) or int(slot)  # slot: never NULL
+        if low <= height <= high:
+            found.append(RowAt(height, row_id, PlayRow(*values)))
     return found
 
 
@@ -147,15 +158,30 @@ class OtherWriter:
         self, conn: psycopg.AsyncConnection[TupleRow], chain_id: str, low: int, high: int
     ) -> dict[int, int]:
         """slot -> height for the heights low..high whose plays the legacy indexer put at a
-        slot of its own (`plays_slot`; the Go ETL leaves it at its default)."""
+        slot of its own (`plays_slot`; the Go ETL leaves it at its default).
+
+        The indexer's counter steps once per block with plays, so a block without
+        plays records the slot of the block before it: a slot belongs to the first
+        height that recorded it, which may lie before `low` (then its rows are that
+        height's, not this window's)."""
         if not await self.exists(conn):
             return {}
         query = sql.SQL(
-            "SELECT plays_slot, height FROM {} WHERE chain_id = %s AND height BETWEEN %s AND %s"
-            " AND plays_slot IS NOT NULL AND plays_slot > 0 AND plays_slot <> height"
-        ).format(self._name)
-        cur = await conn.execute(query, (chain_id, low, high))
-        return {int(slot): int(height) for slot, height in await cur.fetchall()}
+            "(SELECT height, plays_slot FROM {t} WHERE chain_id = %s AND height < %s"
+            " ORDER BY height DESC LIMIT 1) UNION ALL"
+            " (SELECT height, plays_slot FROM {t} WHERE chain_id = %s"
+            " AND height BETWEEN %s AND %s ORDER BY height)"
+        ).format(t=self._name)
+        cur = await conn.execute(query, (chain_id, low, chain_id, low, high))
+        owners: dict[int, int] = {}
+        for height, slot in sorted(await cur.fetchall()):
+            if slot is not None and slot > 0 and slot not in owners:
+                owners[int(slot)] = int(height)
+        return {
+            slot: height
+            for slot, height in owners.items()
+            if low <= height <= high and slot != height
+        }
 
     async def height(self, conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> int | None:
         """The other writer's committed height W for the chain; None if it wrote none."""

@@ -72,6 +72,7 @@ class LedgerEntry:
     play_count: int
     block_hash: str | None
     rpc: str | None
+    play_ids: Sequence[int] = ()  # the rows an adopted transaction claimed
 
 
 class SlotRows:
@@ -126,6 +127,7 @@ class Written:
     elsewhere: dict[str, LedgerEntry] = field(default_factory=dict)  # their txs at other heights
     quarantined: frozenset[str] = frozenset()  # their txs set aside (refused by PostgreSQL)
     rows: dict[int, SlotRows] | None = None  # rows by height; None: compare by hashes only
+    earlier: frozenset[str] = frozenset()  # txs met in the windows just before this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,7 @@ def compare_blocks(
     written: Written,
     pruned_before: datetime | None = None,
     play_counts: bool = True,
+    context: Sequence[DecodedBlock] = (),
 ) -> Findings:
     """Compare re-read blocks with what was written for the same heights.
 
@@ -215,14 +218,20 @@ def compare_blocks(
     transactions were not decoded (see consumer.decode.blocks.plays_positions).
     The blocks are one window: a hash met again in it, in the same block or a
     later one, is a repeat, and claims are made window-wide in the module's order.
+    `context` is the heights just after the window (`written` covers them too):
+    nothing in them is counted or reported, but a window's transaction that the
+    other writer lost may find its rows at its repeat there. Without it, the first
+    copy would be written again at the window's edge, doubling the second.
     """
     found = Findings()
+    ignored = Findings()  # what the context heights would say: not this window's
     at_height: dict[int, dict[str, LedgerEntry]] = {}
     for entry in written.ledger:
         at_height.setdefault(entry.height, {})[entry.tx_hash] = entry
     rows = written.rows
     seen: set[str] = set()
     heights: list[_Height] = []
+    after: list[_Height] = []
     for block in blocks:
         found.heights += 1
         here = at_height.pop(block.height, None)
@@ -230,6 +239,10 @@ def compare_blocks(
             continue  # an empty height with nothing written there: most of the chain
         slot_rows = SlotRows() if rows is None else rows.get(block.height, SlotRows())
         heights.append(_classify(block, here or {}, written, slot_rows, seen, found, play_counts))
+    for block in context:
+        here = at_height.pop(block.height, None)
+        slot_rows = SlotRows() if rows is None else rows.get(block.height, SlotRows())
+        after.append(_classify(block, here or {}, written, slot_rows, seen, ignored, play_counts))
     for height, entries in sorted(at_height.items()):  # heights the re-read did not cover
         for entry in entries.values():
             found.differences.append(
@@ -239,11 +252,15 @@ def compare_blocks(
         for h in heights:
             _judge(h, None, pruned_before, found, by_rows=False)
         return found
+    for h in after:
+        _claim_ours(h, pruned_before, ignored)
     for h in heights:
         _claim_ours(h, pruned_before, found)
     for h in heights:
         _claim_whole(h, found)
-    _claim_at_repeats(heights, found)
+    for h in after:
+        _claim_whole(h, ignored)
+    _claim_at_repeats(heights, after, found)
     for h in heights:
         _judge(h, h.rows, pruned_before, found, by_rows=True)
         _claim_repeats(h, found)
@@ -286,7 +303,7 @@ def _classify(
         if entry is not None and tx.tx_hash not in seen:
             h.ours.append(tx)
             _compare_entry(block, tx, entry, found, play_counts)
-        elif tx.tx_hash in seen or tx.tx_hash in written.elsewhere:
+        elif _repeat(tx.tx_hash, seen, written):
             found.repeated += 1  # carried again, in this block or this window or before
             h.repeats.append(tx)
         elif tx.tx_hash in written.quarantined:
@@ -308,6 +325,12 @@ def _classify(
             )
         )
     return h
+
+
+def _repeat(tx_hash: str, seen: set[str], written: Written) -> bool:
+    """Met before: earlier in this window, in the ledger at another height, or in the
+    windows just before this one."""
+    return tx_hash in seen or tx_hash in written.elsewhere or tx_hash in written.earlier
 
 
 def _only(block: DecodedBlock, txs: Sequence[DecodedTx]) -> DecodedBlock:
@@ -389,11 +412,14 @@ def _adopt(h: _Height, tx: DecodedTx, ids: list[int], found: Findings) -> None:
     found.adoptable.append(Adoptable(_only(h.block, (tx,)), tx, tuple(ids)))
 
 
-def _claim_at_repeats(heights: Sequence[_Height], found: Findings) -> None:
-    """A transaction the chain carries again later in the window, not found at its first
-    height: another writer that lost the first copy may have written the second."""
+def _claim_at_repeats(
+    heights: Sequence[_Height], after: Sequence[_Height], found: Findings
+) -> None:
+    """A transaction the chain carries again later in the window (or its context), not
+    found at its first height: another writer that lost the first copy may have written
+    the second."""
     later: dict[str, list[_Height]] = {}
-    for h in heights:
+    for h in [*heights, *after]:
         for tx in h.repeats:
             later.setdefault(tx.tx_hash, []).append(h)
     for h in heights:

@@ -1,9 +1,13 @@
 """The handover: run beside the writer this service replaces, then take over from it.
 
 `run --handover-from core_indexed_blocks` trails that writer's committed height W
-(the max height of its progress table for the chain): the gate lets no block
-above W through to the writer while the other writer is alive, so it can be
-switched off at any moment without a gap. Each batch, inside its own
+(the max height of its progress table for the chain): the gate lets a block h
+through to the writer only once W >= h + REPEAT_REACH while the other writer is
+alive, so it can be switched off at any moment without a gap, and each batch is
+compared with the REPEAT_REACH heights after it (read by the gate, outside any
+database transaction): a transaction the chain carries twice whose first copy
+the other writer lost and whose repeat it wrote is then recognised, not written
+a second time. Each batch, inside its own
 transaction (consumer.sink.plays calls `prepare`), is reconciled by the one rule
 of consumer.trust.compare: what the other writer wrote whole is recorded in the
 ledger as adopted, with the rows it claimed, and not written again; what it lost
@@ -32,9 +36,10 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.backoff import stopped_within
+from consumer.decode.blocks import decode_block
 from consumer.errors import ConfigError, SinkUnavailable
 from consumer.metrics import Metrics
-from consumer.model import Block, DecodedBlock, DifferenceKind
+from consumer.model import REPEAT_REACH, Block, DecodedBlock, DifferenceKind
 from consumer.sink.database import describe, open_session
 from consumer.sink.plays import Adopted, Adoption, record_findings
 from consumer.sink.written import OtherWriter, read_handover, record_resumed, record_takeover
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # how often a waiting gate reads the other writer's height
 _ACTIVE_FOR_S = 300.0  # after a resumption, the page holds until W is still this long
+_CONTEXT_PLAYS = 50_000  # the read-ahead's memory bound, in plays (genesis blocks are large)
 
 
 async def refuse_another_writers_heights(
@@ -96,8 +102,10 @@ class Handover:
         metrics: Metrics,
         stop: asyncio.Event,
         head: Callable[[], float],
+        reread: Callable[[int, int], AsyncGenerator[Block, None]],
     ) -> None:
         self.other = OtherWriter(table)
+        self._reread = reread  # GetBlocks windows for the read-ahead
         self.chain_id = chain_id
         self.quiet_s = quiet_s
         self.metrics = metrics
@@ -110,6 +118,7 @@ class Handover:
         self._moved_at = time.monotonic()
         self._resumed_seen: int | None = None
         self._resumed_at = -_ACTIVE_FOR_S
+        self._ahead: dict[int, DecodedBlock] = {}  # the heights after the batches to come
         metrics.handover_state.set(HandoverState.TRAILING)
 
     @property
@@ -122,20 +131,52 @@ class Handover:
         return _Gated(source, self)
 
     async def allow(self, height: int) -> bool:
-        """Wait until `height` may be written: the other writer has committed it, or the
-        service took over. False when stopped first."""
+        """Wait until `height` may be written: the other writer has committed it and the
+        REPEAT_REACH heights after it, or the service took over. False when stopped
+        first. The heights after it are read ahead here, before any transaction."""
         while not self.alone:
-            if self.other_height is not None and height <= self.other_height:
-                return True
+            if self._committed_past(height):
+                break
             await self._refresh()
-            if self.other_height is not None and height <= self.other_height:
-                return True
+            if self._committed_past(height):
+                break
             if self._quiet():
                 await self._take_over()
-                return True
+                break
             if await stopped_within(self.stop, _POLL_S):
                 return False
+        await self._read_ahead(height)
         return True
+
+    def _committed_past(self, height: int) -> bool:
+        return self.other_height is not None and height + REPEAT_REACH <= self.other_height
+
+    async def _read_ahead(self, height: int) -> None:
+        """Decode the heights after `height` that the other writer wrote, once each."""
+        last = min(height + REPEAT_REACH, self.other_height or 0)
+        first = max(height + 1, max(self._ahead, default=0) + 1)
+        plays = sum(block.play_count for block in self._ahead.values())
+        if first > last or plays >= _CONTEXT_PLAYS:
+            return
+        async for block in self._reread(first, last):
+            decoded = decode_block(block)
+            self._ahead[decoded.height] = decoded
+            plays += decoded.play_count
+            if plays >= _CONTEXT_PLAYS:
+                break
+
+    def _context(self, batch: list[DecodedBlock]) -> list[DecodedBlock]:
+        """The read-ahead heights just after the batch, in order; those up to it are done."""
+        end = batch[-1].height
+        for height in [h for h in self._ahead if h <= end]:
+            del self._ahead[height]
+        context = []
+        for height in range(end + 1, end + REPEAT_REACH + 1):
+            block = self._ahead.get(height)
+            if block is None:
+                break
+            context.append(block)
+        return context
 
     def _quiet(self) -> bool:
         if self.quiet_s is None:
@@ -202,7 +243,8 @@ class Handover:
         self._saw(height)
         if self.alone:
             await self._check_resumed(conn, height)
-        found = await Reconciler(conn, self.chain_id, self.other).compare(batch)
+        context = self._context(batch)
+        found = await Reconciler(conn, self.chain_id, self.other).compare(batch, context)
         ambiguous = [d for d in found.differences if d.kind is DifferenceKind.AMBIGUOUS]
         skip = {a.tx.tx_hash for a in found.adoptable} | {d.tx_hash for d in ambiguous}
         blocks = [

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from consumer.decode.blocks import decode_block, plays_positions
-from consumer.model import Block, Conflict, DecodedBlock, DecodedTx, DifferenceKind
+from consumer.model import REPEAT_REACH, Block, Conflict, DecodedBlock, DecodedTx, DifferenceKind
 from consumer.sink.plays import PlaysSink, record_findings
 from consumer.sink.written import (
     OtherWriter,
@@ -82,6 +82,11 @@ class Reconciler:
         self.other = other or OtherWriter()
         self.pruned_before = pruned_before
         self._repairer = PlaysSink.repairer(conn, chain_id)
+        # What earlier windows met, for the next ones (REPEAT_REACH heights back): the
+        # hashes, by height, so that a repeat there is one; and the rows another
+        # writer's transactions claimed past their window, so that no repeat takes them.
+        self._met: dict[str, int] = {}
+        self._claimed: dict[int, int] = {}
 
     async def read(self, blocks: Sequence[DecodedBlock], rows: bool) -> Written:
         """What the database holds for these blocks' heights (with `rows`, the plays rows
@@ -91,7 +96,10 @@ class Reconciler:
         ledger = [LedgerEntry(*row) for row in await ledger_at(conn, chain, low, high)]
         here = {(entry.height, entry.tx_hash) for entry in ledger}
         others = [tx.tx_hash for b in blocks for tx in b.txs if (b.height, tx.tx_hash) not in here]
-        written = Written(ledger=ledger)
+        # Only what lies before this window: a window compared again (the audit's
+        # re-reads) must not take its own transactions for repeats.
+        earlier = frozenset(h for h, at in self._met.items() if at < low)
+        written = Written(ledger=ledger, earlier=earlier)
         if others:
             written.elsewhere = {
                 row[2]: LedgerEntry(*row) for row in await ledger_by_hash(conn, chain, others)
@@ -99,16 +107,41 @@ class Reconciler:
             written.quarantined = await set_aside_among(conn, chain, others)
         if rows:
             slots = await self.other.slots(conn, chain, low, high)
+            adopted = {i: at for i, at in self._claimed.items() if at < low}
+            adopted.update(
+                (row_id, entry.height)
+                for entry in [*ledger, *written.elsewhere.values()]
+                for row_id in entry.play_ids
+            )
             by_height: dict[int, SlotRows] = {}
-            for found in await plays_at_slots(conn, low, high, slots):
+            for found in await plays_at_slots(conn, low, high, slots, adopted):
                 by_height.setdefault(found.height, SlotRows()).add(found.row, found.row_id)
             written.rows = by_height
         return written
 
-    async def compare(self, blocks: Sequence[DecodedBlock]) -> Findings:
-        """Decoded blocks against everything written for them, rows included."""
-        written = await self.read(blocks, rows=True)
-        return compare_blocks(blocks, written, self.pruned_before)
+    async def compare(
+        self, blocks: Sequence[DecodedBlock], context: Sequence[DecodedBlock] = ()
+    ) -> Findings:
+        """Decoded blocks against everything written for them, rows included; `context`,
+        the heights just after them, is read too and only looked at (see
+        consumer.trust.compare: a transaction's repeat there may hold its rows)."""
+        written = await self.read([*blocks, *context], rows=True)
+        found = compare_blocks(blocks, written, self.pruned_before, context=context)
+        self._remember(blocks, found)
+        return found
+
+    def _remember(self, blocks: Sequence[DecodedBlock], found: Findings) -> None:
+        if not blocks:
+            return
+        horizon = blocks[-1].height - REPEAT_REACH
+        self._met = {h: at for h, at in self._met.items() if at > horizon}
+        self._claimed = {i: at for i, at in self._claimed.items() if at > horizon}
+        for block in blocks:
+            for tx in block.txs:
+                self._met.setdefault(tx.tx_hash, block.height)
+        for adoptable in found.adoptable:
+            for row_id in adoptable.play_ids:
+                self._claimed[row_id] = adoptable.block.height
 
     async def compare_delivered(self, blocks: Sequence[Block]) -> Findings:
         """Raw blocks, as the audit re-reads them: by hashes first (no play decoded);

@@ -24,7 +24,7 @@ from psycopg.rows import TupleRow
 from consumer.config import SourceSettings
 from consumer.decode.blocks import decode_block
 from consumer.errors import ConfigError
-from consumer.model import MAX_GETBLOCKS_HEIGHTS, DecodedBlock
+from consumer.model import MAX_GETBLOCKS_HEIGHTS, REPEAT_REACH, DecodedBlock
 from consumer.sink.written import DEFAULT_OTHER_WRITER, OtherWriter
 from consumer.source.core import CoreClient, CoreSource
 from consumer.trust.compare import Difference, DifferenceKind, Findings
@@ -159,6 +159,19 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _chunk(blocks: Sequence[DecodedBlock], to_height: int) -> int | None:
+    """How many of the first blocks make a full chunk (by heights or plays); None while
+    the blocks up to `to_height` are fewer."""
+    plays = 0
+    for n, block in enumerate(blocks, 1):
+        if block.height > to_height:
+            return None
+        plays += block.play_count
+        if n >= _CHUNK_HEIGHTS or plays >= _CHUNK_PLAYS:
+            return n
+    return None
+
+
 async def verify_range(
     client: CoreClient,
     conn: psycopg.AsyncConnection[TupleRow],
@@ -183,12 +196,10 @@ async def verify_range(
     source = CoreSource.rereader(client, settings, chain_id)
     reconciler = Reconciler(conn, chain_id, OtherWriter(other_writer), pruned_before)
     started = time.monotonic()
-    chunk: list[DecodedBlock] = []
-    chunk_plays = 0
     total = to_height - from_height + 1
 
-    async def check() -> None:
-        found = await reconciler.compare(chunk)
+    async def check(chunk: list[DecodedBlock], context: list[DecodedBlock]) -> None:
+        found = await reconciler.compare(chunk, context)
         report.add(found)
         if repair:
             done = await reconciler.repair(found)
@@ -197,14 +208,19 @@ async def verify_range(
         if progress is not None:
             progress(chunk[-1].height - from_height + 1, total, time.monotonic() - started)
 
-    async for block in source.blocks(from_height, to_height):
-        decoded = decode_block(block)
-        chunk.append(decoded)
-        chunk_plays += decoded.play_count
-        if len(chunk) >= _CHUNK_HEIGHTS or chunk_plays >= _CHUNK_PLAYS:
-            await check()
-            chunk, chunk_plays = [], 0
-    if chunk:
-        await check()
+    # Each chunk is compared with the REPEAT_REACH heights after it as context (read
+    # past --to-height too, up to the head), so a transaction whose first copy the
+    # other writer lost and whose repeat it wrote is found at a chunk's edge too.
+    buffered: list[DecodedBlock] = []
+    async for block in source.blocks(from_height, min(to_height + REPEAT_REACH, head)):
+        buffered.append(decode_block(block))
+        cut = _chunk(buffered, to_height)
+        if cut is not None and len(buffered) >= cut + REPEAT_REACH:
+            await check(buffered[:cut], buffered[cut : cut + REPEAT_REACH])
+            buffered = buffered[cut:]
+    while buffered and buffered[0].height <= to_height:
+        cut = _chunk(buffered, to_height) or sum(1 for b in buffered if b.height <= to_height)
+        await check(buffered[:cut], buffered[cut : cut + REPEAT_REACH])
+        buffered = buffered[cut:]
     report.seconds = time.monotonic() - started
     return report

@@ -43,6 +43,7 @@ def cmp(
     rows: Mapping[int, Sequence[PlayRow]] | None = None,
     pruned_before: datetime | None = None,
     play_counts: bool = True,
+    context: Sequence[DecodedBlock] = (),
 ) -> Findings:
     """compare_blocks over what a reader would hand it; row ids are numbered from 1."""
     ids = iter(range(1, 1_000_000))
@@ -54,7 +55,7 @@ def cmp(
         if rows is None
         else rows_by_height({h: [(next(ids), r) for r in rs] for h, rs in rows.items()}),
     )
-    return compare_blocks(blocks, written, pruned_before, play_counts)
+    return compare_blocks(blocks, written, pruned_before, play_counts, context)
 
 
 def kinds(found: Findings) -> dict[str, int]:
@@ -255,3 +256,23 @@ def test_another_writer_that_wrote_both_copies_of_a_repeat_is_reported_once_as_r
         rows={5: [play(1)], 6: [play(1)]},
     )
     assert (kinds(found), found.foreign) == ({"repeated_rows": 1}, 1)
+
+
+def test_a_transaction_lost_at_a_windows_edge_finds_its_rows_at_its_repeat_in_the_context() -> None:
+    found = cmp(
+        [block(9, tx(0, "R", play(1), play(2)))],
+        rows=at(10, play(1), play(2)),
+        context=[block(10, tx(0, "R", play(1), play(2)))],
+    )
+    assert found.differences == [] and found.missing == []
+    assert [(a.block.height, sorted(a.play_ids)) for a in found.adoptable] == [(9, [1, 2])]
+
+
+def test_nothing_in_the_context_heights_is_counted_or_reported() -> None:
+    found = cmp(
+        [block(9, tx(0, "A", play(1)))],
+        rows={9: [play(1)], 10: [play(5)]},
+        context=[block(10, tx(0, "X", play(3)))],
+    )
+    assert found.differences == [] and found.missing == []
+    assert (found.heights, found.transactions, found.foreign) == (1, 1, 1)
