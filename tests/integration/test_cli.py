@@ -478,3 +478,26 @@ async def test_status_text_starts_with_the_verdict_and_lists_each_chain_stream(
     assert lines[0] == "status: NOT OK"
     assert "  chain-a stream live: heights 1..10" in lines
     assert "  chain-b stream live: heights 1..20" in lines
+
+
+async def test_quarantine_retry_with_nothing_pending_says_so_and_exits_zero(
+    database: str,
+) -> None:
+    code, out, err = await run_once("quarantine", "retry", "--database-url", database)
+    assert code == 0, err
+    assert out.strip() == "nothing to retry: no set-aside transaction is pending"
+
+
+async def test_reasons_without_a_range_names_every_height_not_a_sentinel(
+    devnet: DevnetServer, database: str
+) -> None:
+    code, _, err = await run_once(
+        "run",
+        *flags(core_url=devnet.url, database_url=database, from_height=1, to_height=9),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
+    assert code == 0, err
+    code, out, err = await run_once("reasons", "--database-url", database)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("chain devnet-1 every height from 1: ")
