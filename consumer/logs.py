@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from consumer.config import LogFormat, LogLevel
 
-__all__ = ["counted", "fatal_line", "setup_logging"]
+__all__ = ["counted", "fatal_line", "interrupted_line", "setup_logging"]
 
 
 def _json_line(created: float, level: str, logger: str, message: str, trace: str | None) -> str:
@@ -42,6 +42,15 @@ def fatal_line(message: str, fmt: LogFormat, trace: str | None = None) -> str:
         now = datetime.now(UTC).timestamp()
         return _json_line(now, "error", "consumer", message, trace)
     return f"plays-consumer: error: {message}"
+
+
+def interrupted_line(fmt: LogFormat) -> str:
+    """The one line of a command that Ctrl-C ended before it could stop by itself:
+    what happened, in the log format, instead of a KeyboardInterrupt traceback."""
+    message = "interrupted (Ctrl-C)"
+    if fmt is LogFormat.JSON:
+        return _json_line(datetime.now(UTC).timestamp(), "info", "consumer", message, None)
+    return f"plays-consumer: {message}"
 
 
 def setup_logging(fmt: LogFormat = LogFormat.TEXT, level: LogLevel = LogLevel.INFO) -> None:

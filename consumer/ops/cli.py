@@ -34,7 +34,7 @@ from consumer.config import (
     top_level_settings,
 )
 from consumer.errors import ConfigError, ConsumerError
-from consumer.logs import fatal_line, setup_logging
+from consumer.logs import fatal_line, interrupted_line, setup_logging
 
 # Nothing that imports grpc may be imported at module level: main() must set
 # GRPC_VERBOSITY first, or grpc's C core prints a line per failed TLS handshake.
@@ -418,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fatal(str(exc), log_format, debug)
         return exc.exit_code
     except KeyboardInterrupt:
+        sys.stderr.write(interrupted_line(log_format) + "\n")
         return 130
     except Exception as exc:  # a bug: still one line; --debug shows where
         hint = "" if debug else " (--debug shows where)"
