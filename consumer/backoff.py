@@ -114,7 +114,14 @@ class Waiting:
             log.warning("waiting for %s", what)
         self.what = what
 
-    def end(self) -> None:
-        if self.what is not None:
+    def end(self, gave_up: str | None = None) -> None:
+        """The wait is over: what was waited for happened, or, with `gave_up`, the
+        service stopped waiting and did that instead. The line says which, so a
+        batch set aside never reads as a batch that went through."""
+        if self.what is None:
+            return
+        if gave_up is None:
             log.info("no longer waiting for %s", self.what)
-            self.what = None
+        else:
+            log.warning("gave up waiting for %s: %s", self.what, gave_up)
+        self.what = None

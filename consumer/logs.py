@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from consumer.config import LogFormat, LogLevel
 
-__all__ = ["fatal_line", "setup_logging"]
+__all__ = ["counted", "fatal_line", "interrupted_line", "setup_logging"]
 
 
 def _json_line(created: float, level: str, logger: str, message: str, trace: str | None) -> str:
@@ -44,6 +44,15 @@ def fatal_line(message: str, fmt: LogFormat, trace: str | None = None) -> str:
     return f"plays-consumer: error: {message}"
 
 
+def interrupted_line(fmt: LogFormat) -> str:
+    """The one line of a command that Ctrl-C ended before it could stop by itself:
+    what happened, in the log format, instead of a KeyboardInterrupt traceback."""
+    message = "interrupted (Ctrl-C)"
+    if fmt is LogFormat.JSON:
+        return _json_line(datetime.now(UTC).timestamp(), "info", "consumer", message, None)
+    return f"plays-consumer: {message}"
+
+
 def setup_logging(fmt: LogFormat = LogFormat.TEXT, level: LogLevel = LogLevel.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt is LogFormat.JSON:
@@ -56,3 +65,11 @@ def setup_logging(fmt: LogFormat = LogFormat.TEXT, level: LogLevel = LogLevel.IN
     # grpc and psycopg are chatty at debug; their errors reach us as exceptions.
     for name in ("grpc", "psycopg", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 play`, `2 plays`: a count as an operator reads it, never `1 plays`.
+
+    Lines and command output are read by people first; the plural is the noun
+    with an `s` unless given (`counted(n, "entry", "entries")`)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -11,8 +11,9 @@ from psycopg.rows import TupleRow
 
 from consumer.config import Settings
 from consumer.errors import ConfigError, ConsumerError
+from consumer.logs import counted
 from consumer.sink.database import command_session, connect
-from consumer.sink.lease import find_holder, lock_key
+from consumer.sink.lease import Holder, find_holder, lock_key
 from consumer.sink.migrate import (
     explain_database_errors,
     migrate_database,
@@ -212,12 +213,24 @@ def format_status(report: dict[str, Any]) -> str:
                 for chain, streams in value.items()
                 for s in streams
             ]
+        elif key == "leader" and value is not None:
+            holder = Holder(value["pid"], value["application"], value["client"])
+            lines.append(f"leader: {holder}")
         elif isinstance(value, dict):
             lines.append(f"{key}:")
-            lines += [f"  {k}: {v}" for k, v in value.items()]
+            lines += [f"  {k}: {_text(v)}" for k, v in value.items()]
         else:
-            lines.append(f"{key}: {value}")
+            lines.append(f"{key}: {_text(value)}")
     return "\n".join(lines)
+
+
+def _text(value: object) -> str:
+    """A value as an operator reads it: `none`, `a 1, b 2`, never a Python repr."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
+    return str(value)
 
 
 _LIST_QUARANTINE = """
@@ -270,12 +283,17 @@ async def quarantine_command(
             return 0
         if action == "retry":
             cur = await conn.execute(_PENDING_CHAINS, (chain_id, chain_id))
+            chains = await cur.fetchall()
+            if not chains:  # say so: silence reads as a command that did not run
+                where = f" for chain {chain_id}" if chain_id else ""
+                print(f"nothing to retry: no set-aside transaction is pending{where}")
             failed = 0
-            for (chain,) in await cur.fetchall():
+            for (chain,) in chains:
                 done = await PlaysSink(conn, chain, sink.stream, 0).reapply_set_aside()
                 print(
-                    f"chain {chain}: wrote {done.transactions} set-aside transaction(s), "
-                    f"{done.plays_written} play(s)"
+                    f"chain {chain}: wrote "
+                    f"{counted(done.transactions, 'set-aside transaction')}, "
+                    f"{counted(done.plays_written, 'play')}"
                 )
                 for (h, i), error in sorted(done.failed.items()):
                     print(f"  still refused: height {h} tx_index {i}: {error}")
@@ -318,11 +336,11 @@ WHERE chain_id = %(chain)s AND block_height BETWEEN %(low)s AND %(high)s
 
 
 async def reasons_command(
-    settings: Settings, chain_id: str | None, low: int, high: int
+    settings: Settings, chain_id: str | None, low: int, high: int | None
 ) -> dict[str, Any]:
-    """What was not written as it came, and why, over heights low..high: skips and
-    repairs by reason (kept per transaction in the ledger, so replays never count
-    twice) and quarantined transactions by kind."""
+    """What was not written as it came, and why, over heights low..high (high None:
+    to the newest): skips and repairs by reason (kept per transaction in the ledger,
+    so replays never count twice) and quarantined transactions by kind."""
     sink = settings.sink
     async with command_session(sink) as conn:
         if chain_id is None:
@@ -336,7 +354,9 @@ async def reasons_command(
                     "choose one with --chain-id"
                 )
             chain_id = chains[0]
-        cur = await conn.execute(_REASONS, {"chain": chain_id, "low": low, "high": high})
+        # No end is the largest height; only the query sees it, the report says none.
+        end = high if high is not None else 2**62
+        cur = await conn.execute(_REASONS, {"chain": chain_id, "low": low, "high": end})
         rows = await cur.fetchall()
     report: dict[str, Any] = {
         "chain_id": chain_id,
@@ -356,9 +376,10 @@ async def reasons_command(
 
 
 def format_reasons(report: dict[str, Any]) -> str:
+    low, high = report["from_height"], report["to_height"]
+    heights = f"heights {low}..{high}" if high is not None else f"every height from {low}"
     lines = [
-        f"chain {report['chain_id']} heights {report['from_height']}..{report['to_height']}: "
-        f"{report['plays_written']} plays written"
+        f"chain {report['chain_id']} {heights}: {counted(report['plays_written'], 'play')} written"
     ]
     for section in ("skipped", "repaired", "quarantined"):
         counts: dict[str, int] = report[section]

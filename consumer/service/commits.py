@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from consumer.logs import counted
 from consumer.metrics import Metrics
 from consumer.model import BatchResult, Undecodable
 from consumer.service.progress import RunProgress
@@ -66,7 +67,7 @@ class CommitObserver:
             level,
             "quarantined undecodable data in blocks up to %d: %s (see core_plays.quarantine)",
             result.height,
-            {what.value: n for what, n in result.quarantined.items()},
+            ", ".join(counted(n, what.value) for what, n in sorted(result.quarantined.items())),
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from consumer.logs import counted
 from consumer.model import BatchResult
 
 __all__ = ["RunProgress", "RunSummary", "format_duration"]
@@ -64,10 +65,11 @@ class RunSummary:
         rate = self.blocks / self.elapsed_s if self.elapsed_s > 0 else math.inf
         plays_rate = self.plays_written / self.elapsed_s if self.elapsed_s > 0 else math.inf
         parts = [
-            f"run finished: heights {self.first_height}..{self.last_height} ({self.blocks} blocks)",
-            f"{self.transactions} transactions",
-            f"{self.plays_written} plays written",
-            f"{self.duplicates} duplicate play transactions",
+            f"run finished: heights {self.first_height}..{self.last_height} "
+            f"({counted(self.blocks, 'block')})",
+            counted(self.transactions, "transaction"),
+            f"{counted(self.plays_written, 'play')} written",
+            counted(self.duplicates, "duplicate play transaction"),
             f"skipped {_reasons(self.skipped)}",
             f"repaired {_reasons(self.repaired)}",
             f"quarantined {_reasons(self.quarantined)}",

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from consumer.backoff import Backoff, Retry, Waiting
 from consumer.config import Settings
 from consumer.errors import SinkRefused, Stopped
+from consumer.logs import counted
 from consumer.metrics import Metrics
 from consumer.model import BatchResult, DecodedBlock
 from consumer.sink.database import describe_wait
@@ -105,7 +106,12 @@ class Writer:
                     raise Stopped from None
                 continue
             self.metrics.write_refused.set(0)
-            self.waiting.end()
+            self.waiting.end(
+                f"after {limit_s:g} s, set aside {counted(result.set_aside, 'transaction')} "
+                "it still refuses; the rest of the batch is written"
+                if result.set_aside
+                else None
+            )
             if result.set_aside:
                 await report_set_aside(
                     self.sink.conn,

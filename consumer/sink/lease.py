@@ -57,7 +57,18 @@ class Holder:
     client: str | None
 
     def __str__(self) -> str:
-        return f"pid {self.pid} ({self.application or 'no application_name'}, {self.client})"
+        """Says whose pid it is: an operator reads it in a pod's log, where a bare pid
+        reads as a process of that pod, yet it is the backend's on the database server."""
+        return (
+            f"PostgreSQL backend pid {self.pid} "
+            f"({self.application or 'no application_name'}, client {self.client_text})"
+        )
+
+    @property
+    def client_text(self) -> str:
+        """The client address, or why there is none: PostgreSQL hides other roles'
+        addresses from a role without pg_read_all_stats, and a Unix socket has none."""
+        return self.client or "unknown"
 
 
 async def find_holder(conn: psycopg.AsyncConnection[TupleRow], key: str) -> Holder | None:

@@ -32,6 +32,7 @@ __all__ = [
     "Unimplemented",
     "delivered",
     "parse_block",
+    "reconnect_options",
     "tls_failure",
 ]
 
@@ -113,6 +114,31 @@ def delivered(raw: bytes, height: int, via: Rpc) -> tuple[Block, tuple[str, ...]
     return block, chains
 
 
+# gRPC's jitter adds up to 20 % to each reconnect delay; the cap leaves room for it.
+_GRPC_JITTER = 0.2
+# A connection attempt to a host that drops packets waits at least this long.
+_MIN_CONNECT_S = 1.0
+
+
+def reconnect_options(retry_cap_s: float) -> list[tuple[str, int]]:
+    """Channel options that hold gRPC's own reconnect backoff to --retry-cap-s.
+
+    Without them the channel keeps its defaults (1 s growing by 1.6 to 120 s) under
+    our retries: after an outage of a minute or two, every call fails at once with
+    UNAVAILABLE while the channel sleeps out its backoff, so the service stayed away
+    up to two minutes from a node that was back. With the delay capped (jitter
+    included) the channel tries the node at least once a cap, as our retries do.
+    The connect attempt's own deadline (min_reconnect_backoff) is kept short too,
+    so that one attempt to an unanswering address cannot outlast the cap.
+    """
+    cap_ms = max(100, int(retry_cap_s * 1000 / (1 + _GRPC_JITTER)))  # no hot loop
+    return [
+        ("grpc.initial_reconnect_backoff_ms", min(cap_ms, 1000)),
+        ("grpc.max_reconnect_backoff_ms", cap_ms),
+        ("grpc.min_reconnect_backoff_ms", max(cap_ms, int(_MIN_CONNECT_S * 1000))),
+    ]
+
+
 class CoreClient:
     """One channel to one node: every unary call has a deadline, every error is ours."""
 
@@ -124,6 +150,7 @@ class CoreClient:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.enable_retries", 0),
+            *reconnect_options(settings.retry_cap_s),
         ]
         if tls:
             ca = settings.core_ca_file

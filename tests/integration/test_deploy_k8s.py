@@ -765,7 +765,7 @@ def test_build_context_builds_a_wheel_with_the_migrations_and_the_console_script
         scripts = archive.read(entry_points).decode()
     migrations = {p.name for p in (ROOT / "consumer" / "migrations").glob("*.sql")}
     assert {f"consumer/sink/migrations/{m}" for m in migrations} <= set(names)
-    assert "plays-consumer = consumer.ops.cli:main" in scripts
+    assert "plays-consumer = consumer.__main__:main" in scripts
 
 
 def test_entrypoint_is_the_console_script_declared_in_pyproject() -> None:

@@ -18,6 +18,7 @@ from consumer.config import OPTIONS, Option
 from consumer.devnet import DevnetServer
 from consumer.metrics import PREFIX, Metrics
 from consumer.ops.cli import build_parser
+from tests.conftest import DevnetFactory
 from tests.procs import clean_env
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -133,3 +134,51 @@ async def test_the_plays_consumer_blocks_run_against_a_devnet(
         async with await psycopg.AsyncConnection.connect(empty_database) as conn:
             cur = await conn.execute("SELECT height FROM core_plays.checkpoint")
             assert await cur.fetchone() == (30,)
+
+
+# The worked example of `verify`: a devnet whose stream sent every block without its first
+# transaction, written as the service wrote it, then verify, verify --repair, verify.
+_EXAMPLE = re.search(r"^```text\n(\$ plays-consumer verify .*?)^```", README, re.M | re.S)
+_TIMING = re.compile(r"in \d+\.\d s \([\d,]+ heights/s\)")
+
+
+def _untimed(text: str) -> str:
+    return _TIMING.sub("in 0.0 s (N heights/s)", text)
+
+
+async def _verify_example(devnet: DevnetServer, database: str) -> str:
+    """The example's commands run as written; the transcript as the README prints it."""
+    from tests.integration.test_verify import write_delivered
+
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await write_delivered(conn, devnet.chain, drop_first=True)
+    assert _EXAMPLE is not None
+    commands = [line[2:] for line in _EXAMPLE.group(1).splitlines() if line.startswith("$ ")]
+    env = clean_env()
+    env |= {"CORE_PLAYS_CORE_URL": devnet.url, "CORE_PLAYS_DATABASE_URL": database}
+    transcript = []
+    for command in commands:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "consumer",
+            *command.split()[1:],
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, _ = await proc.communicate()
+        transcript += [f"$ {command}", out.decode().rstrip("\n"), f"(exit {proc.returncode})"]
+    return "\n".join(transcript) + "\n"
+
+
+async def test_the_worked_example_of_verify_is_the_command_s_real_output(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    from tests.integration.test_verify import LAST
+
+    devnet = await devnet_factory(height=LAST)
+    real = await _verify_example(devnet, database)
+    assert _EXAMPLE is not None
+    assert _untimed(_EXAMPLE.group(1)) == _untimed(real), f"README should read:\n{real}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from grpc import aio
 from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.config import SourceSettings
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults, Profile
-from consumer.errors import ConfigError, SourceFailed
+from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
 from consumer.metrics import Metrics
 from consumer.model import Block, Rpc
 from consumer.source.core import (
@@ -593,3 +594,39 @@ def test_parse_core_url_rejects_other_schemes_naming_the_flag(url: str) -> None:
 def test_parse_core_url_rejects_a_port_out_of_range_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match="--core-url"):
         parse_core_url("http://core.example:99999")
+
+
+# Long enough that gRPC's own reconnect backoff (1 s growing by 1.6 up to 120 s) would
+# have grown far past the cap below; the assertion leaves a wide margin on purpose.
+OUTAGE_S = 30.0
+RECONNECT_CAP_S = 1.0
+RECONNECT_MARGIN_S = 10.0
+
+
+async def _answers(client: CoreClient) -> bool:
+    try:
+        return await client.block(1) is not None
+    except SourceUnavailable:
+        return False
+
+
+async def test_a_node_back_after_an_outage_longer_than_the_retry_cap_is_reached_within_it(
+    devnet_factory: DevnetFactory,
+) -> None:
+    """--retry-cap-s bounds gRPC's reconnect backoff too: the channel tries the node again
+    at least once a cap, so a node restarted on the same port is used within about one cap."""
+    devnet = await devnet_factory(height=5)
+    port = devnet.port
+    settings = source_settings(devnet.url, retry_cap_s=RECONNECT_CAP_S, rpc_timeout_s=2.0)
+    client = CoreClient(settings)
+    try:
+        assert await _answers(client)
+        await devnet.stop(0)
+        down_until = time.monotonic() + OUTAGE_S
+        while time.monotonic() < down_until:  # calls fail throughout, as the runner's do
+            assert not await _answers(client)
+            await asyncio.sleep(0.5)
+        await devnet_factory(height=5, port=port)
+        await eventually(lambda: _answers(client), timeout_s=RECONNECT_CAP_S + RECONNECT_MARGIN_S)
+    finally:
+        await client.close()

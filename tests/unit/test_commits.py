@@ -89,7 +89,7 @@ def test_a_quarantined_block_is_logged_as_an_error_and_a_transaction_as_a_warnin
         watch.observe(result(quarantined=Counter({what: 1})))
     [record] = [r for r in caplog.records if "quarantined" in r.getMessage()]
     assert record.levelno == level
-    assert f"{{'{what.value}': 1}}" in record.getMessage()
+    assert f": 1 {what.value} (see core_plays.quarantine)" in record.getMessage()
 
 
 def test_conflicts_are_logged_one_by_one_up_to_ten_then_summed_in_one_line(
