@@ -13,13 +13,9 @@ from consumer.config import Settings
 from consumer.errors import ConfigError, ConsumerError
 from consumer.sink.database import command_session, connect
 from consumer.sink.lease import find_holder, lock_key
-from consumer.sink.migrate import (
-    explain_database_errors,
-    migrate_database,
-    runtime_grants,
-    schema_version,
-)
+from consumer.sink.migrate import explain_database_errors, migrate_database, schema_version
 from consumer.sink.plays import PlaysSink
+from consumer.sink.privileges import runtime_grants
 from consumer.source.core import CoreClient, NodeInfo
 
 __all__ = [

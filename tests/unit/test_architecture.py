@@ -1,8 +1,8 @@
 """The tree is the architecture: which package may import which (README "How it works").
 
 Data flows one way, source -> decode -> sink, with the service wiring them, trust
-checking them and the leaves (model, errors, backoff, metrics, logs, config, options)
-under everything. Every import in `consumer/`, at the top of a module or inside a
+checking them and the leaves (model, errors, backoff, metrics, logs, config, options,
+addresses) under everything. Every import in `consumer/`, at the top of a module or inside a
 function, is held to the table below, so a forbidden one fails here with its place.
 """
 
@@ -15,7 +15,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "consumer"
 
-LEAVES = frozenset({"model", "errors", "backoff", "metrics", "logs", "config", "options"})
+LEAVES = frozenset(
+    {"model", "errors", "backoff", "metrics", "logs", "config", "options", "addresses"}
+)
 # What each part of the tree may import from `consumer` (itself is always allowed).
 ALLOWED: dict[str, frozenset[str]] = {
     "leaf": LEAVES,
