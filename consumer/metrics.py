@@ -200,9 +200,11 @@ class Metrics:
             "Transactions not in the ledger with only some of their rows in plays: partly "
             "written by another writer, so never written (a person decides).",
         )
+        self._export_known_labels()
 
-        # Export every known label value at 0 from the start, so that rate() and
-        # increase() see the first event of a series instead of its birth.
+    def _export_known_labels(self) -> None:
+        """Every known label value at 0 from the start, so that rate() and increase()
+        see the first event of a series instead of its birth."""
         labelled: tuple[tuple[Counter, Iterable[str]], ...] = (
             (self.plays_skipped_total, SkipReason),
             (self.plays_repaired_total, RepairReason),
