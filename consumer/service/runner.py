@@ -33,7 +33,7 @@ from consumer import __version__
 from consumer.backoff import Backoff, Retry, Waiting
 from consumer.config import Settings
 from consumer.errors import SinkUnavailable, Stopped
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, SourceMetrics
 from consumer.model import BatchResult, ReconnectTarget
 from consumer.service.commits import CommitObserver
 from consumer.service.pipeline import Pipeline
@@ -104,11 +104,7 @@ class Runner:
                     self.metrics.head_value,
                 )
             source = CoreSource(
-                client,
-                settings.source,
-                self.metrics,
-                on_mode=self.metrics.set_source_mode,
-                chain_id=info.chain_id,
+                client, settings.source, SourceMetrics(self.metrics), chain_id=info.chain_id
             )
             while not self.stop.is_set():
                 if await self._session(client, source, start_point):
