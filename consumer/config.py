@@ -23,11 +23,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
+from consumer.addresses import (
+    check_ca_file,
+    database_params,
+    missing_port_notes,
+    parse_core_url,
+    parse_host_port,
+)
 from consumer.errors import ConfigError
+from consumer.logs import LogFormat, LogLevel
 from consumer.model import MAX_GETBLOCKS_HEIGHTS
 from consumer.options import (
     ENV_PREFIX,
@@ -63,9 +70,6 @@ __all__ = [
 ]
 
 PASSWORD_ENV = ENV_PREFIX + "DATABASE_PASSWORD"
-CORE_DEFAULT_PORT = 50051  # the node's plaintext gRPC port (docs/wire.md)
-CORE_TLS_PORT = 443
-POSTGRES_DEFAULT_PORT = 5432
 _CONNECT_TIMEOUT_S = 30.0
 
 
@@ -73,79 +77,6 @@ class SourceMode(StrEnum):
     AUTO = "auto"
     STREAM = "stream"
     POLL = "poll"
-
-
-class LogFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
-def parse_core_url(url: str) -> tuple[str, bool]:
-    """`http://host:port` or `host:port` is plaintext HTTP/2, `https://host[:port]` is TLS.
-
-    Returns the gRPC target and whether it is TLS; a missing port is the node's
-    default (50051 plaintext, 443 TLS), which `port_notes` tells the operator.
-    """
-    raw = url if "://" in url else f"http://{url}"
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"--core-url {url!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"--core-url {url!r}: expected http://host:port, host:port or https://host[:port]"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"--core-url {url!r}: a gRPC address has no path or query")
-    tls = parts.scheme == "https"
-    port = port or (CORE_TLS_PORT if tls else CORE_DEFAULT_PORT)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}", tls
-
-
-def parse_host_port(address: str, flag: str, *, default_host: str) -> tuple[str, int]:
-    """`host:port` (`[::1]:port` for IPv6, `:port` for the default host) to listen on."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{flag} must be host:port, got {address!r}")
-    return host.strip("[]") or default_host, int(port)
-
-
-def _database_params(url: str, name: str) -> dict[str, str]:
-    """The libpq parameters of a URL or DSN; an error never repeats the text.
-
-    psycopg's own message quotes the string it could not parse, which may hold a
-    password: only its shape survives here.
-    """
-    scheme = url.split("://", 1)[0].lower() if "://" in url else None
-    if scheme is not None and scheme not in ("postgresql", "postgres"):
-        raise ConfigError(
-            f"{name}: the scheme {scheme!r} is not PostgreSQL; expected "
-            "postgresql://user@host:port/dbname or a key=value DSN"
-        )
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    except Exception as exc:  # psycopg raises ProgrammingError for any bad string
-        # libpq's own words come before its first quote; what it quotes is ours to hide.
-        reason = str(exc).split('"', 1)[0].strip().rstrip(":") or "unreadable"
-        if reason == "missing":
-            reason = 'a key without "=" after it'
-        raise ConfigError(
-            f"{name} is not a libpq URL or key=value DSN ({reason}; the value is not shown, "
-            "as it may hold a password)"
-        ) from None
-    for port in params.get("port", "").split(","):
-        if port and not (port.isdigit() and 0 < int(port) <= 65535):
-            raise ConfigError(f"{name}: port {port!r} is not a TCP port (1..65535)")
-    return params
 
 
 def _positive(name: str, value: float) -> None:
@@ -204,19 +135,7 @@ class SourceSettings:
 
     def __post_init__(self) -> None:
         coerce_enums(self)
-        _target, tls = parse_core_url(self.core_url)
-        if self.core_ca_file is not None:
-            if not tls:
-                raise ConfigError(
-                    f"--core-ca-file is for TLS, but --core-url {self.core_url} is plaintext: "
-                    "use https://"
-                )
-            try:
-                pem = Path(self.core_ca_file).read_bytes()
-            except OSError as exc:
-                raise ConfigError(f"--core-ca-file {self.core_ca_file}: {exc.strerror}") from None
-            if b"-----BEGIN CERTIFICATE-----" not in pem:
-                raise ConfigError(f"--core-ca-file {self.core_ca_file}: no PEM certificate in it")
+        check_ca_file(self.core_url, self.core_ca_file)
         if not 1 <= self.poll_window <= MAX_GETBLOCKS_HEIGHTS:
             raise ConfigError(
                 f"--poll-window must be 1..{MAX_GETBLOCKS_HEIGHTS} (GetBlocks' limit), "
@@ -276,7 +195,7 @@ class SinkSettings:
     connect_timeout_s: float = _CONNECT_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        _database_params(self.database_url, "--database-url")
+        database_params(self.database_url, "--database-url")
         if not self.stream.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"--stream must be letters, digits, - or _, got {self.stream!r}")
         _positive("connect_timeout_s", self.connect_timeout_s)
@@ -294,7 +213,7 @@ class SinkSettings:
     @property
     def safe_url(self) -> str:
         """The URL with any password removed, for messages and logs."""
-        params = _database_params(self.database_url, "--database-url")
+        params = database_params(self.database_url, "--database-url")
         params.pop("password", None)
         return make_conninfo("", **params)
 
@@ -427,7 +346,7 @@ def _refuse_password_in_url(args: argparse.Namespace, environ: Mapping[str, str]
     name, url = "--database-url", getattr(args, "database_url", None)
     if url is None:
         name, url = env_name("database-url"), environ.get(env_name("database-url"))
-    if url is not None and _database_params(url, name).get("password"):
+    if url is not None and database_params(url, name).get("password"):
         raise ConfigError(
             f"{name} carries a password, which would show in `ps` and in logs: pass it in "
             f"{PASSWORD_ENV} or --database-password-file instead"
@@ -445,18 +364,8 @@ def _read_password(environ: Mapping[str, str], path: str | None) -> str | None:
 
 def port_notes(settings: Settings, environ: Mapping[str, str], *, core: bool = True) -> list[str]:
     """What a URL without a port resolves to, for a line at start."""
-    notes = []
-    url = settings.source.core_url
-    raw = url if "://" in url else f"http://{url}"
-    if core and urlsplit(raw).port is None:
-        target, _tls = parse_core_url(url)
-        notes.append(f"--core-url {url} has no port: using {target}")
-    params = _database_params(settings.sink.database_url, "--database-url")
-    if "port" not in params:
-        port = environ.get("PGPORT", str(POSTGRES_DEFAULT_PORT))
-        where = "PGPORT" if "PGPORT" in environ else "PostgreSQL's default"
-        notes.append(f"--database-url has no port: using {port} ({where})")
-    return notes
+    core_url = settings.source.core_url if core else None
+    return missing_port_notes(core_url, settings.sink.database_url, environ)
 
 
 def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:

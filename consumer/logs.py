@@ -10,10 +10,21 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from enum import StrEnum
 
-from consumer.config import LogFormat, LogLevel
+__all__ = ["LogFormat", "LogLevel", "counted", "fatal_line", "interrupted_line", "setup_logging"]
 
-__all__ = ["counted", "fatal_line", "interrupted_line", "setup_logging"]
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def _json_line(created: float, level: str, logger: str, message: str, trace: str | None) -> str:

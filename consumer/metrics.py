@@ -27,7 +27,7 @@ from consumer.model import (
     Undecodable,
 )
 
-__all__ = ["PREFIX", "SOURCE_MODES", "Metrics"]
+__all__ = ["PREFIX", "SOURCE_MODES", "Metrics", "SourceMetrics"]
 
 PREFIX = "core_plays_"
 # The `mode` label of source_mode: the path blocks come by right now.
@@ -200,9 +200,11 @@ class Metrics:
             "Transactions not in the ledger with only some of their rows in plays: partly "
             "written by another writer, so never written (a person decides).",
         )
+        self._export_known_labels()
 
-        # Export every known label value at 0 from the start, so that rate() and
-        # increase() see the first event of a series instead of its birth.
+    def _export_known_labels(self) -> None:
+        """Every known label value at 0 from the start, so that rate() and increase()
+        see the first event of a series instead of its birth."""
         labelled: tuple[tuple[Counter, Iterable[str]], ...] = (
             (self.plays_skipped_total, SkipReason),
             (self.plays_repaired_total, RepairReason),
@@ -281,3 +283,33 @@ class Metrics:
             self.handover_adopted_plays_total.inc(result.adopted_plays)
         if result.ambiguous:
             self.ambiguous_transactions_total.inc(result.ambiguous)
+
+
+class SourceMetrics:
+    """What the source reports (consumer.source.observer.SourceObserver), as metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def head_seen(self, height: int) -> None:
+        self._metrics.set_head(height)
+
+    def path_chosen(self, path: str) -> None:
+        self._metrics.set_source_mode(path)
+
+    def fetched(self, seconds: float, blocks: int) -> None:
+        """Each block of a reply is observed with its share of the wait."""
+        if blocks:
+            per_block = seconds / blocks
+            observe = self._metrics.block_fetch_seconds.observe
+            for _ in range(blocks):
+                observe(per_block)
+
+    def refused(self, code: str) -> None:
+        self._metrics.source_errors_total.labels(code).inc()
+
+    def stalled(self) -> None:
+        self._metrics.source_stalls_total.inc()
+
+    def reconnecting(self) -> None:
+        self._metrics.reconnects_total.labels(ReconnectTarget.NODE).inc()

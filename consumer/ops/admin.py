@@ -14,13 +14,9 @@ from consumer.errors import ConfigError, ConsumerError
 from consumer.logs import counted
 from consumer.sink.database import command_session, connect
 from consumer.sink.lease import Holder, find_holder, lock_key
-from consumer.sink.migrate import (
-    explain_database_errors,
-    migrate_database,
-    runtime_grants,
-    schema_version,
-)
+from consumer.sink.migrate import explain_database_errors, migrate_database, schema_version
 from consumer.sink.plays import PlaysSink
+from consumer.sink.privileges import runtime_grants
 from consumer.source.core import CoreClient, NodeInfo
 
 __all__ = [
@@ -109,12 +105,7 @@ async def _report_database(
 ) -> None:
     problems: list[str] = report["problems"]
     stream = settings.sink.stream
-    cur = await conn.execute(_CHAINS)
-    chains: dict[str, list[dict[str, Any]]] = {}
-    for chain, name, start, height, updated_at in await cur.fetchall():
-        chains.setdefault(chain, []).append(
-            {"stream": name, "start_height": start, "height": height, "updated_at": updated_at}
-        )
+    chains = await _chains(conn)
     if len(chains) > 1:
         report["chains"] = chains
     chosen = chain_id or (info.chain_id if info else None)
@@ -139,6 +130,31 @@ async def _report_database(
             "the first run needs --from-height"
         )
         return
+    _report_checkpoint(report, row, info if info and info.chain_id == chosen else None, settings)
+    holder = await find_holder(conn, lock_key(chosen, stream))
+    report["leader"] = (
+        {"pid": holder.pid, "application": holder.application, "client": holder.client}
+        if holder
+        else None
+    )
+    report["ledger"] = await _ledger(conn, chosen)
+
+
+async def _chains(conn: psycopg.AsyncConnection[TupleRow]) -> dict[str, list[dict[str, Any]]]:
+    cur = await conn.execute(_CHAINS)
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for chain, name, start, height, updated_at in await cur.fetchall():
+        chains.setdefault(chain, []).append(
+            {"stream": name, "start_height": start, "height": height, "updated_at": updated_at}
+        )
+    return chains
+
+
+def _report_checkpoint(
+    report: dict[str, Any], row: TupleRow, info: NodeInfo | None, settings: Settings
+) -> None:
+    """The checkpoint and its lag; `info` only when the node is on the checkpoint's chain."""
+    problems: list[str] = report["problems"]
     start, height, block_hash, block_time, updated_at = row
     report["checkpoint"] = {
         "height": height,
@@ -150,7 +166,7 @@ async def _report_database(
     now = datetime.now(UTC).replace(tzinfo=None)
     lag_s = (now - block_time).total_seconds() if block_time else None
     report["lag_seconds"] = None if lag_s is None else round(lag_s, 3)
-    if info is not None and info.chain_id == chosen:
+    if info is not None:
         report["lag_blocks"] = max(0, info.head - height)
     limit = settings.http.ready_max_lag_s
     if lag_s is None:
@@ -161,13 +177,6 @@ async def _report_database(
             f"lag {lag_s:.1f} s{behind} is over --ready-max-lag-s {limit:g} s "
             f"by {lag_s - limit:.1f} s"
         )
-    holder = await find_holder(conn, lock_key(chosen, stream))
-    report["leader"] = (
-        {"pid": holder.pid, "application": holder.application, "client": holder.client}
-        if holder
-        else None
-    )
-    report["ledger"] = await _ledger(conn, chosen)
 
 
 async def _ledger(conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> dict[str, Any]:

@@ -26,11 +26,14 @@ import asyncio
 import functools
 import logging
 
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
 from consumer import __version__
 from consumer.backoff import Backoff, Retry, Waiting
 from consumer.config import Settings
 from consumer.errors import SinkUnavailable, Stopped
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, SourceMetrics
 from consumer.model import BatchResult, ReconnectTarget
 from consumer.service.commits import CommitObserver
 from consumer.service.pipeline import Pipeline
@@ -102,11 +105,7 @@ class Runner:
                     CoreSource.rereader(client, settings.source, info.chain_id).blocks,
                 )
             source = CoreSource(
-                client,
-                settings.source,
-                self.metrics,
-                on_mode=self.metrics.set_source_mode,
-                chain_id=info.chain_id,
+                client, settings.source, SourceMetrics(self.metrics), chain_id=info.chain_id
             )
             while not self.stop.is_set():
                 if await self._session(client, source, start_point):
@@ -142,46 +141,7 @@ class Runner:
             if conn is None:
                 return True
             self.waiting.end()
-            checkpoint = await read_checkpoint(conn, self.chain_id, settings.stream)
-            if checkpoint is not None:
-                self.metrics.set_processed(checkpoint.height)
-                self.ready.positioned(checkpoint.block_time)
-            start = await start_point.height(conn, checkpoint)
-            if self._handover is None:
-                await refuse_another_writers_heights(conn, self.chain_id, start)
-            end = self.settings.to_height
-            if end is not None and start > end:
-                log.info("nothing to do: start height %d is past --to-height %d", start, end)
-                return True
-            log.info(
-                "writing chain %s stream %s from height %d%s",
-                self.chain_id,
-                settings.stream,
-                start,
-                f" to {end}" if end else "",
-            )
-            handover = self._handover
-            sink = PlaysSink(
-                conn,
-                self.chain_id,
-                settings.stream,
-                start,
-                rewind=settings.rewind_checkpoint,
-                prepare=None if handover is None else handover.prepare,
-            )
-            writer = Writer(sink, lease, self.settings, self.metrics, self.stop, self.waiting)
-            pipeline = Pipeline(
-                source if handover is None else handover.gated(source),
-                writer,
-                self.settings,
-                self.metrics,
-                self.stop,
-                auditor=self._auditor(client),
-                on_commit=functools.partial(self._committed, start_point),
-            )
-            done = await pipeline.run(start, end)
-            self._retry.reset()
-            return done
+            return await self._write(conn, lease, client, source, start_point)
         except Stopped:
             return True
         except SinkUnavailable as exc:
@@ -193,6 +153,63 @@ class Runner:
             return False
         finally:
             await lease.release()
+
+    async def _write(
+        self,
+        conn: AsyncConnection[TupleRow],
+        lease: Lease,
+        client: CoreClient,
+        source: CoreSource,
+        start_point: StartPoint,
+    ) -> bool:
+        """With the lease held: write from the start rule's height until done or stopped."""
+        settings = self.settings.sink
+        start = await self._start_height(conn, start_point)
+        end = self.settings.to_height
+        if end is not None and start > end:
+            log.info("nothing to do: start height %d is past --to-height %d", start, end)
+            return True
+        log.info(
+            "writing chain %s stream %s from height %d%s",
+            self.chain_id,
+            settings.stream,
+            start,
+            f" to {end}" if end else "",
+        )
+        handover = self._handover
+        sink = PlaysSink(
+            conn,
+            self.chain_id,
+            settings.stream,
+            start,
+            rewind=settings.rewind_checkpoint,
+            prepare=None if handover is None else handover.prepare,
+        )
+        writer = Writer(sink, lease, self.settings, self.metrics, self.stop, self.waiting)
+        pipeline = Pipeline(
+            source if handover is None else handover.gated(source),
+            writer,
+            self.settings,
+            self.metrics,
+            self.stop,
+            auditor=self._auditor(client),
+            on_commit=functools.partial(self._committed, start_point),
+        )
+        done = await pipeline.run(start, end)
+        self._retry.reset()
+        return done
+
+    async def _start_height(self, conn: AsyncConnection[TupleRow], start_point: StartPoint) -> int:
+        """Where this session starts; the checkpoint it read already shows in metrics and
+        readiness, and another writer's heights are refused unless handing over."""
+        checkpoint = await read_checkpoint(conn, self.chain_id, self.settings.sink.stream)
+        if checkpoint is not None:
+            self.metrics.set_processed(checkpoint.height)
+            self.ready.positioned(checkpoint.block_time)
+        start = await start_point.height(conn, checkpoint)
+        if self._handover is None:
+            await refuse_another_writers_heights(conn, self.chain_id, start)
+        return start
 
     def _auditor(self, client: CoreClient) -> Auditor | None:
         if self.settings.no_audit:

@@ -13,17 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 import grpc
-from prometheus_client import CollectorRegistry
 
 from consumer.backoff import Backoff
 from consumer.config import SourceMode, SourceSettings, parse_core_url
 from consumer.errors import ConfigError, SourceUnavailable
-from consumer.metrics import Metrics
-from consumer.model import Block, ReconnectTarget, Rpc
+from consumer.model import Block, Rpc
 from consumer.source.client import (
     CoreClient,
     NodeInfo,
@@ -32,6 +30,7 @@ from consumer.source.client import (
     parse_block,
     tls_failure,
 )
+from consumer.source.observer import NoObserver, SourceObserver
 from consumer.source.sequencer import (
     Path,
     Sequencer,
@@ -70,21 +69,20 @@ class CoreSource:
         self,
         client: CoreClient,
         settings: SourceSettings,
-        metrics: Metrics,
+        observer: SourceObserver | None = None,
         backoff: Backoff | None = None,
-        on_mode: Callable[[str], None] | None = None,
         chain_id: str = "",
         quiet: bool = False,
     ) -> None:
-        """`quiet`: a reader that re-reads heights every few seconds (the audit) logs
-        its routine path changes at DEBUG, not INFO."""
+        """`observer`: told what happens (by default nobody); `quiet`: a reader that
+        re-reads heights every few seconds (the audit) logs its routine path changes
+        at DEBUG, not INFO."""
         self.client = client
         self.settings = settings
-        self.metrics = metrics
+        self.observer = observer or NoObserver()
         self.backoff = backoff or Backoff(cap_s=settings.retry_cap_s)
         self.streaming_supported = settings.source_mode != SourceMode.POLL
         self.chain_id = chain_id
-        self._on_mode = on_mode or (lambda mode: None)
         self._head = 0
         # Kept across reconnects: what a block of this chain weighs is still true.
         self._sizer = WindowSizer(settings.poll_window)
@@ -98,14 +96,10 @@ class CoreSource:
     ) -> CoreSource:
         """A source for re-reading written heights (verify, the audit): GetBlocks
         windows whatever the service follows with, the other path, refusing blocks
-        of another chain; its fetches go to a registry of their own, not into the
-        service's fetch metrics."""
+        of another chain; it reports to nobody, so its fetches never count as the
+        service's."""
         return cls(
-            client,
-            replace(settings, source_mode=SourceMode.POLL),
-            Metrics(CollectorRegistry()),
-            chain_id=chain_id,
-            quiet=quiet,
+            client, replace(settings, source_mode=SourceMode.POLL), chain_id=chain_id, quiet=quiet
         )
 
     async def head(self) -> int:
@@ -121,7 +115,7 @@ class CoreSource:
     def _note_head(self, head: int) -> None:
         if head > 0:
             self._head = max(self._head, head)
-            self.metrics.set_head(head)
+            self.observer.head_seen(head)
 
     def _path(self, next_height: int) -> Path:
         settings = self.settings
@@ -142,7 +136,7 @@ class CoreSource:
                 if self._head == 0:
                     await self.head()
                 path = self._path(seq.next_height)
-                self._on_mode(path)
+                self.observer.path_chosen(path)
                 reader = self._stream(seq) if path is Path.STREAM else self._poll(seq)
                 async with contextlib.aclosing(reader) as blocks:
                     async for block in blocks:
@@ -163,10 +157,10 @@ class CoreSource:
 
         A call past its deadline is a node that answers nothing: a stall, like a
         stream that goes silent while the head is ahead."""
-        self.metrics.source_errors_total.labels(exc.code).inc()
+        self.observer.refused(exc.code)
         if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED.name:
-            self.metrics.source_stalls_total.inc()
-        self.metrics.reconnects_total.labels(ReconnectTarget.NODE).inc()
+            self.observer.stalled()
+        self.observer.reconnecting()
         if self._troubled_since is None:
             self._troubled_since = time.monotonic()
         delay = self.backoff.next_delay()
@@ -202,7 +196,7 @@ class CoreSource:
             self.client.url,
         )
         url = self.client.url
-        fetch = self.metrics.block_fetch_seconds
+        fetched = self.observer.fetched
         waited = time.monotonic()
         # A repeat is only the block this very stream just sent; an old block at the
         # start of a new stream is stale, a source error.
@@ -236,7 +230,7 @@ class CoreSource:
                             verdict.value,
                         )
                     now = time.monotonic()
-                    fetch.observe(now - waited)
+                    fetched(now - waited, 1)
                     waited = now
                     self._note_head(block.height)
                     seq.accept(block)
@@ -252,7 +246,7 @@ class CoreSource:
         at the tip of a quiet chain, silence is only a chain with nothing new."""
         head = await self.head()  # a node that answers nothing: a stall (see _wait_after)
         if is_stalled(head, seq.next_height):
-            self.metrics.source_stalls_total.inc()
+            self.observer.stalled()
             raise SourceUnavailable(
                 f"StreamBlocks on {self.client.url} sent nothing for {patience_s:g} s "
                 f"while the node's head is {head}",
@@ -294,7 +288,7 @@ class CoreSource:
                     next_fetch = call.low  # too large: asked again in smaller windows
                     continue
                 self._note_head(head)
-                self._observe_fetch(time.monotonic() - call.sent, len(blocks))
+                self.observer.fetched(time.monotonic() - call.sent, len(blocks))
                 for height in range(call.low, call.high + 1):
                     raw = blocks.pop(height, None)  # pop: memory goes as blocks are used
                     if raw is None:
@@ -334,7 +328,7 @@ class CoreSource:
         verdict = seq.judge(block, chains)
         if verdict is Verdict.YIELD:
             return block
-        self.metrics.source_errors_total.labels(verdict.value).inc()
+        self.observer.refused(verdict.value)
         log.warning(
             "GetBlocks on %s gave block %d for height %d: asking GetBlock(%d) instead",
             self.client.url,
@@ -352,10 +346,3 @@ class CoreSource:
             f"GetBlock({height}) on {self.client.url} did not give block {height} either",
             Verdict.WRONG_HEIGHT.value,
         )
-
-    def _observe_fetch(self, seconds: float, blocks: int) -> None:
-        if blocks:
-            per_block = seconds / blocks
-            observe = self.metrics.block_fetch_seconds.observe
-            for _ in range(blocks):
-                observe(per_block)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from consumer.devnet import DevnetServer
 from tests.conftest import DevnetFactory, TwoRoles, db_url, eventually
-from tests.procs import ConsumerProcess, clean_env, flags, run_once, start_consumer
+from tests.procs import PYTHON, ConsumerProcess, clean_env, flags, run_once, start_consumer
 from tests.reference import expected_rows, plays_rows
 
 
@@ -576,3 +577,41 @@ async def test_ctrl_c_mid_run_says_it_was_stopped_not_done_and_still_sums_up(
     assert "done" not in out
     assert _demo_table(out)["rows in plays"] == _demo_table(out)["plays written"]
     assert list(demo_env[1].iterdir()) == []
+
+
+async def _piped_into_head(*args: str) -> tuple[int, str, str]:
+    """`plays-consumer ARGS | head -1` in a shell: the command's exit code, head's line, stderr."""
+    command = " ".join([shlex.quote(PYTHON), "-m", "consumer", *map(shlex.quote, args)])
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        f"{command} | head -1; exit ${{PIPESTATUS[0]}}",
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_reader_that_leaves_early_changes_neither_exit_code_nor_stderr() -> None:
+    # Megabytes of parts: the pipe breaks long before the plan is printed.
+    code, out, err = await _piped_into_head(
+        "backfill-plan", "--from", "1", "--to", "10000000", "--parts", "200000"
+    )
+    assert (code, err) == (0, "")
+    assert out.startswith("# 200000 parts")
+
+
+async def test_a_failing_command_piped_into_head_keeps_its_own_exit_code(database: str) -> None:
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO core_plays.quarantine (chain_id, block_height, tx_index, tx_hash, "
+            "data, error, kind) SELECT 'chain-a', h, 0, 'AB', '', repeat('x', 200), 'refused' "
+            "FROM generate_series(1, 5000) AS h"
+        )
+    code, out, err = await _piped_into_head("quarantine", "--database-url", database)
+    assert (code, err) == (1, "")  # 1: set-aside transactions not yet written
+    assert out.startswith("chain_id\theight")

@@ -17,7 +17,7 @@ from consumer._pb.core.v1 import types_pb2, view_pb2
 from consumer.config import SourceSettings
 from consumer.devnet import ChainSpec, DevChain, DevnetServer, Faults, Profile
 from consumer.errors import ConfigError, SourceFailed, SourceUnavailable
-from consumer.metrics import Metrics
+from consumer.metrics import Metrics, SourceMetrics
 from consumer.model import Block, Rpc
 from consumer.source.core import (
     CoreClient,
@@ -52,10 +52,23 @@ async def open_source(
 ) -> AsyncIterator[CoreSource]:
     settings = source_settings(devnet.url, **overrides)
     client = CoreClient(settings)
+    observer = SourceMetrics(metrics) if on_mode is None else _NotingPaths(metrics, on_mode)
     try:
-        yield CoreSource(client, settings, metrics, on_mode=on_mode)
+        yield CoreSource(client, settings, observer)
     finally:
         await client.close()
+
+
+class _NotingPaths(SourceMetrics):
+    """The service's observer that also tells the test each path the source takes."""
+
+    def __init__(self, metrics: Metrics, on_mode: Callable[[str], None]) -> None:
+        super().__init__(metrics)
+        self._on_mode = on_mode
+
+    def path_chosen(self, path: str) -> None:
+        super().path_chosen(path)
+        self._on_mode(path)
 
 
 async def collect(source: CoreSource, start: int, end: int) -> list[Block]:

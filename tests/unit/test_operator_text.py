@@ -21,9 +21,9 @@ from consumer.logs import counted
 from consumer.metrics import Metrics
 from consumer.model import BatchResult, Undecodable
 from consumer.ops.admin import format_reasons, format_status
-from consumer.ops.cli import _effective
 from consumer.service.commits import CommitObserver
 from consumer.service.progress import RunProgress
+from consumer.service.serve import _effective
 
 REPRS = ("None", "{", "}", "Settings(", "'", "4611686018427387904")
 
