@@ -17,6 +17,7 @@ from consumer.config import Settings
 from consumer.errors import ConfigError, ConsumerError
 from consumer.logs import fatal_line
 from consumer.sink.database import command_session
+from consumer.sink.written import DEFAULT_OTHER_WRITER
 from consumer.source.core import CoreClient
 from consumer.trust.verify import VerifyReport, verify_range
 
@@ -59,6 +60,7 @@ async def _verify(args: argparse.Namespace, settings: Settings) -> VerifyReport:
                 repair=args.repair,
                 pruned_before_days=args.pruned_before,
                 max_differences=args.max_differences,
+                other_writer=settings.handover_from or DEFAULT_OTHER_WRITER,
                 progress=_show_progress if sys.stderr.isatty() else None,
             )
     finally:

@@ -42,13 +42,15 @@ _RUNTIME_PRIVILEGES: tuple[tuple[str, str, str, str], ...] = (
     ("plays_schema", "", "USAGE", "plays lives there"),
     ("table", "plays", "SELECT", "`verify` and the audit compare the rows with the chain"),
     ("table", "plays", "INSERT", "the rows this service exists to write"),
+    ("other_writer", "", "SELECT", "recognising the other writer's rows; --handover-from"),
     ("sequence", "", "USAGE", "nextval() for plays.id"),
 )
 
 _PLAYS_OBJECTS = """
 SELECT n.nspname, c.relname, pg_get_serial_sequence(c.oid::regclass::text, 'id'),
        current_database(), current_user,
-       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+       to_regclass('core_indexed_blocks')::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('plays')
 """
@@ -62,6 +64,7 @@ class _Objects:
     database: str
     user: str
     has_triggers: bool
+    other_writer: str | None  # the legacy writers' progress table, where it exists
 
 
 async def _objects(conn: psycopg.AsyncConnection[TupleRow]) -> _Objects:
@@ -79,6 +82,7 @@ def _privilege_rows(objects: _Objects) -> list[tuple[str, str, str, str]]:
         "database": ("database", objects.database),
         "plays_schema": ("schema", objects.plays_schema),
         "sequence": ("sequence", objects.sequence),
+        "other_writer": ("table", objects.other_writer),
     }
     rows = []
     for kind, name, privilege, why in _RUNTIME_PRIVILEGES:

@@ -21,7 +21,7 @@ import pytest
 from consumer.devnet import ChainSpec, DevChain, DevnetServer
 from consumer.model import REPEAT_REACH, DifferenceKind
 from consumer.trust.verify import VerifyReport
-from tests.conftest import DevnetFactory, eventually, run_consumer
+from tests.conftest import DevnetFactory, TwoRoles, eventually, run_consumer
 from tests.consumers import Consumer, query
 from tests.consumers import verify_heights as verify_any
 from tests.legacy import LegacyWriter, Shape
@@ -398,3 +398,29 @@ async def test_the_other_writer_writing_again_after_the_takeover_is_counted_and_
         await consumer.finish()
     resumed = await query(database, "SELECT resumed_height FROM core_plays.handover")
     assert resumed[0][0] > HEIGHTS
+
+
+async def test_the_runtime_role_with_the_printed_grants_runs_the_handover(
+    devnet_factory: DevnetFactory, two_roles: TwoRoles
+) -> None:
+    devnet = await real_chain(devnet_factory, height=HEIGHTS)
+    code, _, err = await run_once("migrate", "--database-url", two_roles.owner_url)
+    assert code == 0, err
+    legacy = LegacyWriter(devnet.chain, two_roles.owner_url, Shape.PYTHON)
+    await legacy.write_through(200)
+    code, grants, err = await run_once(
+        "migrate", "--database-url", two_roles.owner_url, "--print-grants", two_roles.runtime
+    )
+    assert code == 0, err
+    assert "core_indexed_blocks" in grants
+    await query(two_roles.owner_url, grants)
+    code, _, err = await run_once(
+        "run", "--core-url", devnet.url, "--database-url", two_roles.runtime_url,
+        "--from-height", "1", "--to-height", "100", "--handover-from", "core_indexed_blocks",
+        "--metrics-addr", "127.0.0.1:0",
+    )  # fmt: skip
+    assert code == 0, err
+    adopted = await query(
+        two_roles.owner_url, "SELECT count(*) FROM core_plays.tx_ledger WHERE origin = 'adopted'"
+    )
+    assert adopted[0][0] > 0
