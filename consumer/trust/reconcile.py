@@ -125,7 +125,13 @@ class Reconciler:
         """Decoded blocks against everything written for them, rows included; `context`,
         the heights just after them, is read too and only looked at (see
         consumer.trust.compare: a transaction's repeat there may hold its rows)."""
-        written = await self.read([*blocks, *context], rows=True)
+        # Only the context heights that repeat one of these transactions matter, and
+        # repeats are rare: most windows read no context at all.
+        hashes = {tx.tx_hash for block in blocks for tx in block.txs}
+        context = [b for b in context if any(tx.tx_hash in hashes for tx in b.txs)]
+        written = await self.read(blocks, rows=True)
+        for block in context:  # each alone: the heights between are none of its business
+            _merge(written, await self.read([block], rows=True))
         found = compare_blocks(blocks, written, self.pruned_before, context=context)
         self._remember(blocks, found)
         return found
@@ -185,6 +191,15 @@ class Reconciler:
             (str(d.kind), d.height, d.tx_hash) for d in findings.differences if d.kind in RECORDED
         ]
         await record_findings(self.conn, self.chain_id, kept)
+
+
+def _merge(into: Written, more: Written) -> None:
+    """What was read for a context height, added to what was read for the window."""
+    into.ledger.extend(more.ledger)
+    into.elsewhere.update(more.elsewhere)
+    into.quarantined |= more.quarantined
+    if into.rows is not None and more.rows is not None:
+        into.rows.update(more.rows)
 
 
 def _thin(block: Block) -> DecodedBlock:

@@ -53,7 +53,11 @@ def test_quick_mode_prints_run_and_verify_rates_and_their_ratio(
 @pytest.mark.parametrize("profile", ["typical", "busy"])
 def test_quick_mode_prints_the_audits_cpu_at_the_tip(quick_report: str, profile: str) -> None:
     text = line(quick_report, f"tip {profile}")
-    figures_after(text, "with the audit", "without", "audit adds")
+    with_audit, without = figures_after(text, "with the audit", "without")
+    if float(with_audit) == float(without) == 0:  # a quick window can be under a clock tick
+        assert text.endswith("audit adds n/a%"), text
+    else:
+        figures_after(text, "audit adds")
 
 
 def test_quick_mode_prints_catch_up_with_and_without_the_audit(quick_report: str) -> None:
