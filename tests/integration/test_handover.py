@@ -117,6 +117,17 @@ def lost_everywhere(chain: DevChain, last: int, legacy: LegacyWriter) -> set[str
     return {h for height in range(1, last + 1) for h, _ in tx_rows(chain, height)} - set(written)
 
 
+async def assert_every_play_once(
+    devnet: DevnetServer, database: str, legacy: LegacyWriter, wrote_to: int, last: int
+) -> None:
+    """`plays` holds each transaction of 1..last once, or as often as the legacy writer
+    (which wrote 1..wrote_to) wrote it, and verify finds nothing else."""
+    copies = legacy_copies(devnet.chain, wrote_to, legacy)
+    assert await content(database) == chain_plays(devnet.chain, last, copies)
+    final = await verify_heights(devnet.url, database, "devnet-1", 1, last)
+    assert_only_its_doubles(final, devnet.chain, last, copies)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_verify_after_a_legacy_writer_lost_transactions_reports_exactly_those_missing(
     devnet_factory: DevnetFactory, database: str, shape: Shape
@@ -171,10 +182,7 @@ async def test_the_manual_cutover_at_the_legacy_writers_height_leaves_every_play
     await legacy.write_through(420)
     await verify_heights(devnet.url, database, "devnet-1", 1, 420, repair=True)
     await run_consumer(devnet.url, database, from_height=421, to_height=HEIGHTS)
-    copies = legacy_copies(devnet.chain, 420, legacy)
-    assert await content(database) == chain_plays(devnet.chain, HEIGHTS, copies)
-    final = await verify_heights(devnet.url, database, "devnet-1", 1, HEIGHTS)
-    assert_only_its_doubles(final, devnet.chain, HEIGHTS, copies)
+    await assert_every_play_once(devnet, database, legacy, 420, HEIGHTS)
 
 
 async def test_a_transaction_the_legacy_writer_wrote_in_part_is_ambiguous_and_never_written(
@@ -301,10 +309,7 @@ async def test_beside_a_writer_that_lost_a_first_copy_and_wrote_its_repeat_nothi
     )  # one block a batch: every repeat across heights straddles two batches
     await finish_beside(devnet, legacy, consumer, HEIGHTS)
     assert await ours(database) == set()
-    copies = legacy_copies(devnet.chain, HEIGHTS, legacy)
-    assert await content(database) == chain_plays(devnet.chain, HEIGHTS, copies)
-    final = await verify_heights(devnet.url, database, "devnet-1", 1, HEIGHTS)
-    assert_only_its_doubles(final, devnet.chain, HEIGHTS, copies)
+    await assert_every_play_once(devnet, database, legacy, HEIGHTS, HEIGHTS)
 
 
 async def test_verify_repair_across_a_chunk_edge_never_writes_a_first_copy_whose_repeat_is_there(
