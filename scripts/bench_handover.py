@@ -13,7 +13,8 @@ Three figures, printed (never asserted in tests):
    core_indexed_blocks` adopts every transaction: plays/s, and its ratio to 1
    (goal of issue 17: at least 0.5).
 3. verify: `verify 1..N` of that legacy database before the adoption (every
-   transaction *written by another writer*, recognised by its rows): plays/s.
+   transaction *written by another writer*, recognised by its rows), and after it
+   (every transaction in the ledger as adopted): plays/s.
 
 The legacy rows are the service's own, with its ledger and checkpoint deleted
 after: the same rows a Go-shaped writer would put, made at the service's speed.
@@ -39,7 +40,7 @@ from consumer.model import REPEAT_REACH
 from consumer.service.runner import Runner
 from consumer.sink.migrate import apply_migrations
 from consumer.source.core import CoreClient
-from consumer.trust.verify import verify_range
+from consumer.trust.verify import VerifyReport, verify_range
 
 _CREATE = """
 CREATE TABLE core_indexed_blocks (
@@ -75,6 +76,18 @@ async def run(url: str, database: str, last: int, handover: bool = False) -> flo
     return time.perf_counter() - started
 
 
+async def verify(
+    url: str, conn: psycopg.AsyncConnection[tuple[int]], last: int
+) -> tuple[float, VerifyReport]:
+    client = CoreClient(SourceSettings(core_url=url))
+    started = time.perf_counter()
+    try:
+        report = await verify_range(client, conn, SourceSettings(core_url=url), "devnet-1", 1, last)
+    finally:
+        await client.close()
+    return time.perf_counter() - started, report
+
+
 async def plays(database: str) -> int:
     async with await psycopg.AsyncConnection.connect(database) as conn:
         cur = await conn.execute("SELECT count(*) FROM plays")
@@ -107,19 +120,18 @@ async def main() -> None:
             await conn.execute(_CREATE)
             await conn.execute(_PROGRESS, (args.blocks + REPEAT_REACH,))
             await conn.execute("VACUUM ANALYZE")
-            client = CoreClient(SourceSettings(core_url=devnet.url))
-            started = time.perf_counter()
-            report = await verify_range(client, conn, SourceSettings(core_url=devnet.url),
-                                        "devnet-1", 1, args.blocks)  # fmt: skip
-            verify_s = time.perf_counter() - started
-            await client.close()
+            verify_s, report = await verify(devnet.url, conn, args.blocks)
         adopt_s = await run(devnet.url, legacy, args.blocks, handover=True)
+        async with await psycopg.AsyncConnection.connect(legacy, autocommit=True) as conn:
+            after_s, after = await verify(devnet.url, conn, args.blocks)
         print(f"blocks 1..{args.blocks}: {total:,} plays (busy: 10 txs x 100 plays a block)")
         print(f"catch-up:  {catch_up_s:7.1f} s  {total / catch_up_s:>10,.0f} plays/s")
         print(f"adoption:  {adopt_s:7.1f} s  {total / adopt_s:>10,.0f} plays/s  "
               f"({catch_up_s / adopt_s:.2f} of catch-up; goal >= 0.5)")  # fmt: skip
         print(f"verify of the legacy rows: {verify_s:7.1f} s  {total / verify_s:>10,.0f} plays/s"
               f"  (foreign {report.foreign:,}, differences {report.counts.total()})")  # fmt: skip
+        print(f"verify after the adoption: {after_s:7.1f} s  {total / after_s:>10,.0f} plays/s"
+              f"  (foreign {after.foreign:,}, differences {after.counts.total()})")  # fmt: skip
     finally:
         await devnet.stop(0)
         async with await psycopg.AsyncConnection.connect(args.database_url, autocommit=True) as a:

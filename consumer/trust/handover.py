@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # how often a waiting gate reads the other writer's height
 _ACTIVE_FOR_S = 300.0  # after a resumption, the page holds until W is still this long
-_CONTEXT_PLAYS = 50_000  # the read-ahead's memory bound, in plays (genesis blocks are large)
+_AHEAD_BYTES = 64 * 1024 * 1024  # the read-ahead's memory bound (genesis blocks are 15 MB)
 
 
 async def refuse_another_writers_heights(
@@ -118,7 +118,10 @@ class Handover:
         self._moved_at = time.monotonic()
         self._resumed_seen: int | None = None
         self._resumed_at = -_ACTIVE_FOR_S
-        self._ahead: dict[int, DecodedBlock] = {}  # the heights after the batches to come
+        # The heights after the batches to come, as read (not decoded: only a block that
+        # carries one of a batch's transactions again is ever decoded, and that is rare).
+        self._ahead: dict[int, Block] = {}
+        self._ahead_bytes = 0
         metrics.handover_state.set(HandoverState.TRAILING)
 
     @property
@@ -152,30 +155,31 @@ class Handover:
         return self.other_height is not None and height + REPEAT_REACH <= self.other_height
 
     async def _read_ahead(self, height: int) -> None:
-        """Decode the heights after `height` that the other writer wrote, once each."""
+        """Read the heights after `height` that the other writer wrote, once each."""
         last = min(height + REPEAT_REACH, self.other_height or 0)
         first = max(height + 1, max(self._ahead, default=0) + 1)
-        plays = sum(block.play_count for block in self._ahead.values())
-        if first > last or plays >= _CONTEXT_PLAYS:
+        if first > last or self._ahead_bytes >= _AHEAD_BYTES:
             return
         async for block in self._reread(first, last):
-            decoded = decode_block(block)
-            self._ahead[decoded.height] = decoded
-            plays += decoded.play_count
-            if plays >= _CONTEXT_PLAYS:
+            self._ahead[block.height] = block
+            self._ahead_bytes += _size(block)
+            if self._ahead_bytes >= _AHEAD_BYTES:
                 break
 
     def _context(self, batch: list[DecodedBlock]) -> list[DecodedBlock]:
-        """The read-ahead heights just after the batch, in order; those up to it are done."""
+        """The read-ahead heights just after the batch that carry one of its transactions
+        again, decoded; the heights up to the batch's end are done with."""
         end = batch[-1].height
         for height in [h for h in self._ahead if h <= end]:
-            del self._ahead[height]
+            self._ahead_bytes -= _size(self._ahead.pop(height))
+        hashes = {tx.tx_hash for block in batch for tx in block.txs}
         context = []
         for height in range(end + 1, end + REPEAT_REACH + 1):
             block = self._ahead.get(height)
             if block is None:
                 break
-            context.append(block)
+            if any(raw.hash in hashes for raw in block.txs):
+                context.append(decode_block(block))
         return context
 
     def _quiet(self) -> bool:
@@ -290,6 +294,8 @@ class Handover:
         if height is not None and height > self.taken_over_at and height != self._resumed_seen:
             self._resumed_seen = height
             self._resumed_at = now
+            # The page and its count move together, before anything that can wait.
+            self.metrics.handover_other_writer_active.set(1)
             self.metrics.handover_other_writer_resumed_total.inc()
             await record_resumed(conn, self.chain_id, self.other.table, height)
             log.error(
@@ -301,6 +307,10 @@ class Handover:
             )
         active = now - self._resumed_at < _ACTIVE_FOR_S
         self.metrics.handover_other_writer_active.set(1 if active else 0)
+
+
+def _size(block: Block) -> int:
+    return sum(len(raw.data) for raw in block.txs)
 
 
 class _Gated:

@@ -9,6 +9,7 @@ typed `Reconciled` and counts it the same way.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,9 +89,13 @@ class Reconciler:
         self._met: dict[str, int] = {}
         self._claimed: dict[int, int] = {}
 
-    async def read(self, blocks: Sequence[DecodedBlock], rows: bool) -> Written:
+    async def read(
+        self, blocks: Sequence[DecodedBlock], rows: bool, repeated: frozenset[str] = frozenset()
+    ) -> Written:
         """What the database holds for these blocks' heights (with `rows`, the plays rows
-        put for each height by anyone)."""
+        put for each height by anyone). `repeated`: the transactions these blocks (and
+        their context) carry more than once, the only ones whose adopted rows can lie
+        at another height than their own."""
         conn, chain = self.conn, self.chain_id
         low, high = blocks[0].height, blocks[-1].height
         ledger = [LedgerEntry(*row) for row in await ledger_at(conn, chain, low, high)]
@@ -107,10 +112,14 @@ class Reconciler:
             written.quarantined = await set_aside_among(conn, chain, others)
         if rows:
             slots = await self.other.slots(conn, chain, low, high)
+            # Rows an adopted transaction claimed at its repeat's height belong to it:
+            # such a transaction is met again (elsewhere, or twice in these blocks), so
+            # only those ids are looked up, not every adopted row of the window.
             adopted = {i: at for i, at in self._claimed.items() if at < low}
+            moved = [e for e in ledger if e.tx_hash in repeated]
             adopted.update(
                 (row_id, entry.height)
-                for entry in [*ledger, *written.elsewhere.values()]
+                for entry in [*moved, *written.elsewhere.values()]
                 for row_id in entry.play_ids
             )
             by_height: dict[int, SlotRows] = {}
@@ -129,9 +138,11 @@ class Reconciler:
         # repeats are rare: most windows read no context at all.
         hashes = {tx.tx_hash for block in blocks for tx in block.txs}
         context = [b for b in context if any(tx.tx_hash in hashes for tx in b.txs)]
-        written = await self.read(blocks, rows=True)
+        met = Counter(tx.tx_hash for block in [*blocks, *context] for tx in block.txs)
+        repeated = frozenset(tx_hash for tx_hash, n in met.items() if n > 1)
+        written = await self.read(blocks, rows=True, repeated=repeated)
         for block in context:  # each alone: the heights between are none of its business
-            _merge(written, await self.read([block], rows=True))
+            _merge(written, await self.read([block], rows=True, repeated=repeated))
         found = compare_blocks(blocks, written, self.pruned_before, context=context)
         self._remember(blocks, found)
         return found
