@@ -80,8 +80,9 @@ def _add_migrate(sub: argparse._SubParsersAction[Any]) -> None:
     migrate.add_argument(
         "--print-grants",
         metavar="ROLE",
-        help="print the GRANT statements a least-privilege ROLE needs for run, status and "
-        "gaps (after migrating), and change nothing [default: off, migrate]",
+        help="print the GRANT statements a least-privilege ROLE needs for run and the "
+        "runbook's commands (status, gaps, verify, quarantine retry), after migrating, and "
+        "change nothing [default: off, migrate]",
     )
     migrate.set_defaults(handler=handlers.migrate)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,21 @@ async def real_chain(devnet_factory: DevnetFactory, **kwargs: Any) -> DevnetServ
     return await devnet_factory(ChainSpec(recorded=str(TAKE1)), **kwargs)
 
 
+async def lossy_legacy(
+    devnet_factory: DevnetFactory,
+    database: str,
+    shape: Shape,
+    through: int,
+    height: int = HEIGHTS,
+) -> tuple[DevnetServer, LegacyWriter]:
+    """The real chain, and a legacy writer of `shape` that wrote 1..through of it and lost
+    one plays transaction in forty."""
+    devnet = await real_chain(devnet_factory, height=height)
+    legacy = LegacyWriter(devnet.chain, database, shape, loses=every_nth(40))
+    await legacy.write_through(through)
+    return devnet, legacy
+
+
 async def content(database: str) -> Counter[tuple[Any, ...]]:
     """The plays rows by content, whatever slot a writer put them at."""
     rows = await query(
@@ -85,11 +101,9 @@ def chain_plays(chain: DevChain, last: int, written: Counter[str] | None = None)
     return rows
 
 
-def assert_only_its_doubles(
-    report: VerifyReport, chain: DevChain, last: int, copies: Counter[str]
-) -> None:
-    """The only differences left are the rows the legacy writer wrote twice for a
-    transaction the chain carries twice (reported; the service never deletes)."""
+def doubled_rows(chain: DevChain, last: int, copies: Counter[str]) -> int:
+    """The rows the legacy writer wrote more than once for a transaction the chain
+    carries twice (it deduplicates nothing)."""
     doubled = 0
     once: set[str] = set()
     for height in range(1, last + 1):
@@ -97,6 +111,15 @@ def assert_only_its_doubles(
             if tx_hash not in once:
                 once.add(tx_hash)
                 doubled += max(0, copies[tx_hash] - 1) * len(rows)
+    return doubled
+
+
+def assert_only_its_doubles(
+    report: VerifyReport, chain: DevChain, last: int, copies: Counter[str]
+) -> None:
+    """The only differences left are the rows the legacy writer wrote twice for a
+    transaction the chain carries twice (reported; the service never deletes)."""
+    doubled = doubled_rows(chain, last, copies)
     expected = {DifferenceKind.REPEATED_ROWS: doubled} if doubled else {}
     assert dict(report.counts) == expected, report.format_text()
 
@@ -147,9 +170,7 @@ async def test_verify_after_a_legacy_writer_lost_transactions_reports_exactly_th
 async def test_verify_repair_after_a_legacy_writer_writes_only_what_it_lost(
     devnet_factory: DevnetFactory, database: str, shape: Shape
 ) -> None:
-    devnet = await real_chain(devnet_factory, height=HEIGHTS)
-    legacy = LegacyWriter(devnet.chain, database, shape, loses=every_nth(40))
-    await legacy.write_through(420)
+    devnet, legacy = await lossy_legacy(devnet_factory, database, shape, 420)
     lost = lost_everywhere(devnet.chain, 420, legacy)
     repaired = await verify_heights(devnet.url, database, "devnet-1", 1, 420, repair=True)
     assert repaired.repaired_transactions == len(lost) > 0
@@ -163,9 +184,7 @@ async def test_verify_repair_after_a_legacy_writer_writes_only_what_it_lost(
 async def test_after_the_repair_only_the_legacy_writers_doubled_repeats_remain(
     devnet_factory: DevnetFactory, database: str, shape: Shape
 ) -> None:
-    devnet = await real_chain(devnet_factory, height=HEIGHTS)
-    legacy = LegacyWriter(devnet.chain, database, shape, loses=every_nth(40))
-    await legacy.write_through(420)
+    devnet, legacy = await lossy_legacy(devnet_factory, database, shape, 420)
     await verify_heights(devnet.url, database, "devnet-1", 1, 420, repair=True)
     again = await verify_heights(devnet.url, database, "devnet-1", 1, 420, repair=True)
     assert again.repaired_transactions == 0
@@ -177,9 +196,7 @@ async def test_after_the_repair_only_the_legacy_writers_doubled_repeats_remain(
 async def test_the_manual_cutover_at_the_legacy_writers_height_leaves_every_play_once(
     devnet_factory: DevnetFactory, database: str, shape: Shape
 ) -> None:
-    devnet = await real_chain(devnet_factory, height=HEIGHTS)
-    legacy = LegacyWriter(devnet.chain, database, shape, loses=every_nth(40))
-    await legacy.write_through(420)
+    devnet, legacy = await lossy_legacy(devnet_factory, database, shape, 420)
     await verify_heights(devnet.url, database, "devnet-1", 1, 420, repair=True)
     await run_consumer(devnet.url, database, from_height=421, to_height=HEIGHTS)
     await assert_every_play_once(devnet, database, legacy, 420, HEIGHTS)
@@ -260,9 +277,9 @@ async def finish_beside(
 async def test_beside_a_legacy_writer_the_service_adopts_its_plays_and_writes_what_it_lost(
     devnet_factory: DevnetFactory, database: str, shape: Shape
 ) -> None:
-    devnet = await real_chain(devnet_factory, height=HEIGHTS + REPEAT_REACH)
-    legacy = LegacyWriter(devnet.chain, database, shape, loses=every_nth(40))
-    await legacy.write_through(HEIGHTS + REPEAT_REACH)
+    devnet, legacy = await lossy_legacy(
+        devnet_factory, database, shape, HEIGHTS + REPEAT_REACH, height=HEIGHTS + REPEAT_REACH
+    )
     consumer = Consumer(devnet.url, database, from_height=1, handover_from="core_indexed_blocks")
     await finish_beside(devnet, legacy, consumer, HEIGHTS)
     copies = legacy_copies(devnet.chain, HEIGHTS, legacy)
@@ -349,9 +366,7 @@ async def test_the_service_never_writes_above_the_other_writers_height_while_it_
 async def test_when_the_other_writer_goes_quiet_the_service_takes_over_and_goes_on_alone(
     devnet_factory: DevnetFactory, database: str
 ) -> None:
-    devnet = await real_chain(devnet_factory, height=HEIGHTS)
-    legacy = LegacyWriter(devnet.chain, database, Shape.PYTHON, loses=every_nth(40))
-    await legacy.write_through(333)
+    devnet, legacy = await lossy_legacy(devnet_factory, database, Shape.PYTHON, 333)
     consumer = Consumer(
         devnet.url, database, from_height=1, handover_from="core_indexed_blocks",
         handover_quiet_s=1.0,
@@ -429,3 +444,48 @@ async def test_the_runtime_role_with_the_printed_grants_runs_the_handover(
         two_roles.owner_url, "SELECT count(*) FROM core_plays.tx_ledger WHERE origin = 'adopted'"
     )
     assert adopted[0][0] > 0
+
+
+async def test_the_guides_fallback_commands_as_written_leave_every_play_once(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    """README, Cutover from another indexer, "Fallback: stop at L", through the CLI."""
+    devnet, legacy = await lossy_legacy(devnet_factory, database, Shape.PYTHON, 420)
+    [(last,)] = await query(
+        database, "SELECT max(height) FROM core_indexed_blocks WHERE chain_id = 'devnet-1'"
+    )
+    at = ("--core-url", devnet.url, "--database-url", database)
+    code, out, err = await run_once(
+        "verify", *at, "--repair", "--from-height", "1", "--to-height", str(last),
+        "--pruned-before", "36500",
+    )  # fmt: skip
+    assert code == 1, err  # the legacy writer's own doubles remain, reported
+    assert f"{len(lost_everywhere(devnet.chain, last, legacy))} missing transactions" in out
+    code, _, err = await run_once(
+        "run", *at, "--from-height", str(last + 1), "--to-height", str(HEIGHTS),
+        "--metrics-addr", "127.0.0.1:0",
+    )  # fmt: skip
+    assert code == 0, err
+    await assert_every_play_once(devnet, database, legacy, last, HEIGHTS)
+
+
+async def test_without_pruned_before_the_guides_repair_leaves_old_lost_plays_reported(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    """take1's plays are from March 2025, past the default 400 days: the guide says so."""
+    devnet, legacy = await lossy_legacy(devnet_factory, database, Shape.GO, 100)
+    code, out, err = await run_once(
+        "verify", "--core-url", devnet.url, "--database-url", database, "--repair",
+        "--from-height", "1", "--to-height", "100", "--json",
+    )  # fmt: skip
+    report = json.loads(out)
+    lost = lost_everywhere(devnet.chain, 100, legacy)
+    assert report["repaired"]["transactions"] == 0, err
+    differences = {kind: n for kind, n in report["differences"].items() if n}
+    assert differences == {
+        "pruned_or_missing": sum(
+            len(rows) for h in range(1, 101) for tx, rows in tx_rows(devnet.chain, h) if tx in lost
+        ),
+        "repeated_rows": doubled_rows(devnet.chain, 100, legacy_copies(devnet.chain, 100, legacy)),
+    }
+    assert code == 1  # the legacy writer's doubles; pruning alone would not fail the check
