@@ -192,17 +192,38 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _chunk(blocks: Sequence[DecodedBlock], to_height: int) -> int | None:
-    """How many of the first blocks make a full chunk (by heights or plays); None while
-    the blocks up to `to_height` are fewer."""
-    plays = 0
-    for n, block in enumerate(blocks, 1):
-        if block.height > to_height:
-            return None
-        plays += block.play_count
-        if n >= _CHUNK_HEIGHTS or plays >= _CHUNK_PLAYS:
-            return n
-    return None
+class _Window:
+    """The blocks read and not yet compared, and where the first full chunk of them ends
+    (by heights or plays), kept as blocks arrive so that it costs nothing per block."""
+
+    def __init__(self, to_height: int) -> None:
+        self.to_height = to_height
+        self.blocks: list[DecodedBlock] = []
+        self._cut: int | None = None
+        self._plays = 0
+
+    def add(self, block: DecodedBlock) -> None:
+        self.blocks.append(block)
+        if self._cut is None and block.height <= self.to_height:
+            self._plays += block.play_count
+            if len(self.blocks) >= _CHUNK_HEIGHTS or self._plays >= _CHUNK_PLAYS:
+                self._cut = len(self.blocks)
+
+    def ready(self) -> bool:
+        """A full chunk, and the REPEAT_REACH heights after it."""
+        return self._cut is not None and len(self.blocks) >= self._cut + REPEAT_REACH
+
+    def pending(self) -> bool:
+        return bool(self.blocks) and self.blocks[0].height <= self.to_height
+
+    def take(self) -> tuple[list[DecodedBlock], list[DecodedBlock]]:
+        """The first chunk (full, or what is left up to --to-height) and its context."""
+        cut = self._cut or sum(1 for block in self.blocks if block.height <= self.to_height)
+        chunk, rest = self.blocks[:cut], self.blocks[cut:]
+        self.blocks, self._cut, self._plays = [], None, 0
+        for block in rest:  # at most REPEAT_REACH of them, or the range's tail
+            self.add(block)
+        return chunk, rest[:REPEAT_REACH]
 
 
 async def verify_range(
@@ -246,17 +267,13 @@ async def verify_range(
     # Each chunk is compared with the REPEAT_REACH heights after it as context (read
     # past --to-height too, up to the head), so a transaction whose first copy the
     # other writer lost and whose repeat it wrote is found at a chunk's edge too.
-    buffered: list[DecodedBlock] = []
+    window = _Window(to_height)
     async for block in source.blocks(from_height, min(to_height + REPEAT_REACH, head)):
-        buffered.append(decode_block(block))
-        cut = _chunk(buffered, to_height)
-        if cut is not None and len(buffered) >= cut + REPEAT_REACH:
-            await check(buffered[:cut], buffered[cut : cut + REPEAT_REACH])
-            buffered = buffered[cut:]
-    while buffered and buffered[0].height <= to_height:
-        cut = _chunk(buffered, to_height) or sum(1 for b in buffered if b.height <= to_height)
-        await check(buffered[:cut], buffered[cut : cut + REPEAT_REACH])
-        buffered = buffered[cut:]
+        window.add(decode_block(block))
+        if window.ready():
+            await check(*window.take())
+    while window.pending():
+        await check(*window.take())
     report.seconds = time.monotonic() - started
     return report
 
