@@ -252,6 +252,19 @@ def compare_blocks(
         for h in heights:
             _judge(h, None, pruned_before, found, by_rows=False)
         return found
+    _claim(heights, after, pruned_before, found, ignored)
+    return found
+
+
+def _claim(
+    heights: Sequence[_Height],
+    after: Sequence[_Height],
+    pruned_before: datetime | None,
+    found: Findings,
+    ignored: Findings,
+) -> None:
+    """The claims, in the order that cannot steal (see the module's docstring); what the
+    context heights would say goes to `ignored`."""
     for h in after:
         _claim_ours(h, pruned_before, ignored)
     for h in heights:
@@ -267,7 +280,6 @@ def compare_blocks(
         extra = h.rows.total()
         if extra:
             found.differences.append(Difference(DifferenceKind.EXTRA_ROWS, h.height, count=extra))
-    return found
 
 
 @dataclass(slots=True)
