@@ -12,11 +12,13 @@ from psycopg.rows import TupleRow
 from consumer.config import Settings
 from consumer.errors import ConfigError, ConsumerError
 from consumer.logs import counted
+from consumer.model import LedgerOrigin
 from consumer.sink.database import command_session, connect
 from consumer.sink.lease import Holder, find_holder, lock_key
 from consumer.sink.migrate import explain_database_errors, migrate_database, schema_version
 from consumer.sink.plays import PlaysSink
 from consumer.sink.privileges import runtime_grants
+from consumer.sink.written import handovers
 from consumer.source.core import CoreClient, NodeInfo
 
 __all__ = [
@@ -138,6 +140,15 @@ async def _report_database(
         else None
     )
     report["ledger"] = await _ledger(conn, chosen)
+    for source, record in (await handovers(conn, chosen)).items():
+        report["handover"] = {
+            "from": source,
+            "state": "taken over, writing alone" if record.taken_over_height else "trailing",
+            "other_writer_height": record.other_height,
+            "adopted_through": record.adopted_through,
+            "taken_over_at_height": record.taken_over_height,
+            "other_writer_resumed_to": record.resumed_height,
+        }
 
 
 async def _chains(conn: psycopg.AsyncConnection[TupleRow]) -> dict[str, list[dict[str, Any]]]:
@@ -181,11 +192,13 @@ def _report_checkpoint(
 
 async def _ledger(conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> dict[str, Any]:
     cur = await conn.execute(
-        """SELECT count(*), coalesce(sum(play_count), 0), coalesce(sum(skipped_count), 0)
+        """SELECT count(*), coalesce(sum(play_count) FILTER (WHERE origin <> %s), 0),
+                  coalesce(sum(skipped_count), 0), count(*) FILTER (WHERE origin = %s),
+                  coalesce(sum(play_count) FILTER (WHERE origin = %s), 0)
            FROM core_plays.tx_ledger WHERE chain_id = %s""",
-        (chain_id,),
+        (LedgerOrigin.ADOPTED, LedgerOrigin.ADOPTED, LedgerOrigin.ADOPTED, chain_id),
     )
-    txs, plays, skipped = await cur.fetchone() or (0, 0, 0)
+    txs, plays, skipped, adopted, adopted_plays = await cur.fetchone() or (0, 0, 0, 0, 0)
     cur = await conn.execute(
         "SELECT count(*) FROM core_plays.quarantine WHERE chain_id = %s", (chain_id,)
     )
@@ -199,7 +212,9 @@ async def _ledger(conn: psycopg.AsyncConnection[TupleRow], chain_id: str) -> dic
     by_reason = {key: int(total) for key, total in await cur.fetchall()}
     return {
         "play_transactions": txs,
-        "plays_written": plays,
+        "plays_written": plays,  # by this service; another writer's are adopted_plays
+        "adopted_transactions": adopted,
+        "adopted_plays": adopted_plays,
         "plays_skipped": skipped,
         "plays_skipped_by_reason": by_reason,
         "quarantined": quarantined,

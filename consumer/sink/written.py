@@ -26,6 +26,7 @@ __all__ = [
     "LedgerRow",
     "OtherWriter",
     "RowAt",
+    "handovers",
     "ledger_at",
     "ledger_by_hash",
     "plays_at_slots",
@@ -62,6 +63,10 @@ FROM plays WHERE slot BETWEEN %s AND %s OR slot = ANY(%s) OR id = ANY(%s)
 _READ_HANDOVER = """
 SELECT adopted_through, other_height, taken_over_height, resumed_height
 FROM core_plays.handover WHERE chain_id = %s AND source = %s
+"""
+_HANDOVERS = """
+SELECT source, adopted_through, other_height, taken_over_height, resumed_height
+FROM core_plays.handover WHERE chain_id = %s ORDER BY source
 """
 _TAKE_OVER = """
 INSERT INTO core_plays.handover (chain_id, source, other_height, taken_over_height, taken_over_at)
@@ -209,6 +214,14 @@ async def read_handover(
     cur = await conn.execute(_READ_HANDOVER, (chain_id, source))
     row = await cur.fetchone()
     return None if row is None else HandoverRecord(*row)
+
+
+async def handovers(
+    conn: psycopg.AsyncConnection[TupleRow], chain_id: str
+) -> dict[str, HandoverRecord]:
+    """Every handover of the chain, by the other writer's table (for `status`)."""
+    cur = await conn.execute(_HANDOVERS, (chain_id,))
+    return {source: HandoverRecord(*rest) for source, *rest in await cur.fetchall()}
 
 
 async def record_takeover(

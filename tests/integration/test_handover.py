@@ -489,3 +489,46 @@ async def test_without_pruned_before_the_guides_repair_leaves_old_lost_plays_rep
         "repeated_rows": doubled_rows(devnet.chain, 100, legacy_copies(devnet.chain, 100, legacy)),
     }
     assert code == 1  # the legacy writer's doubles; pruning alone would not fail the check
+
+
+async def test_status_shows_the_handover_and_what_was_adopted(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    devnet, _ = await lossy_legacy(devnet_factory, database, Shape.GO, 333)
+    await run_consumer(devnet.url, database, from_height=1, to_height=400,
+                       handover_from="core_indexed_blocks", handover_quiet_s=0.5)  # fmt: skip
+    code, out, err = await run_once(
+        "status", "--core-url", devnet.url, "--database-url", database, "--json"
+    )
+    assert code in (0, 1), err  # not ok: nothing follows the tip in this test
+    report = json.loads(out)
+    assert report["handover"] == {
+        "from": "core_indexed_blocks",
+        "state": "taken over, writing alone",
+        "other_writer_height": 333,
+        "adopted_through": report["handover"]["adopted_through"],
+        "taken_over_at_height": 333,
+        "other_writer_resumed_to": None,
+    }
+    rows = await query(
+        database, "SELECT origin, count(*), sum(play_count) FROM core_plays.tx_ledger GROUP BY 1"
+    )
+    by_origin = {origin: (count, plays) for origin, count, plays in rows}
+    ledger = report["ledger"]
+    assert (ledger["adopted_transactions"], ledger["adopted_plays"]) == by_origin["adopted"]
+    assert ledger["plays_written"] == by_origin["written"][1] > 0
+    _, text, _ = await run_once("status", "--core-url", devnet.url, "--database-url", database)
+    assert "handover:\n  from: core_indexed_blocks\n  state: taken over, writing alone" in text
+
+
+async def test_a_writer_whose_plays_are_switched_off_while_its_progress_moves_loses_nothing(
+    devnet_factory: DevnetFactory, database: str
+) -> None:
+    """The Go ETL's plays hook off, the ETL still indexing: W moves, no plays come."""
+    devnet = await real_chain(devnet_factory, height=HEIGHTS + REPEAT_REACH)
+    legacy = LegacyWriter(devnet.chain, database, Shape.GO,
+                          loses=lambda height, position, tx_hash: height > 300)  # fmt: skip
+    await legacy.write_through(HEIGHTS + REPEAT_REACH)
+    consumer = Consumer(devnet.url, database, from_height=1, handover_from="core_indexed_blocks")
+    await finish_beside(devnet, legacy, consumer, HEIGHTS)
+    await assert_every_play_once(devnet, database, legacy, HEIGHTS, HEIGHTS)
