@@ -55,7 +55,7 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    from consumer.ops.admin import status_command
+    from consumer.ops.status import status_command
 
     report, code = asyncio.run(status_command(settings, args.chain_id))
     _print_status(report, as_json=args.json)
@@ -156,7 +156,7 @@ def _on_database(
 
 
 def _print_status(report: dict[str, Any], as_json: bool) -> None:
-    from consumer.ops.admin import format_status
+    from consumer.ops.status import format_status
 
     if as_json:
         print(json.dumps(report, default=_json_default, indent=2))

@@ -20,7 +20,8 @@ from consumer.config import BatchSettings, Settings, SinkSettings
 from consumer.logs import counted
 from consumer.metrics import Metrics
 from consumer.model import BatchResult, Undecodable
-from consumer.ops.admin import format_reasons, format_status
+from consumer.ops.admin import format_reasons
+from consumer.ops.status import format_status
 from consumer.service.commits import CommitObserver
 from consumer.service.progress import RunProgress
 from consumer.service.serve import _effective
