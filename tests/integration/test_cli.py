@@ -544,9 +544,11 @@ async def test_ctrl_c_while_python_imports_the_demo_is_one_line_without_a_traceb
     demo_env: tuple[dict[str, str], Path],
 ) -> None:
     code, out, err = await _ctrl_c_once(await _demo_in_its_own_group(demo_env[0]), None, 0.15)
-    if code == -signal.SIGINT and "consumer" not in out + err:
-        pytest.skip("the signal came before Python had started the package at all")
-    assert code == 130
+    if code == -signal.SIGINT and not out + err:
+        pytest.skip("the signal came before Python had started at all")
+    # 130, or death by SIGINT after the one line (seen when the interrupt lands early in
+    # the imports; the interpreter then ends by the signal): a shell shows both as 130.
+    assert code in (130, -signal.SIGINT)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert (out + err).strip().splitlines()[-1] in (
         "plays-consumer: interrupted (Ctrl-C)",
